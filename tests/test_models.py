@@ -1,0 +1,966 @@
+"""The job/operation parser (watcher.azure.models) against real Azure bodies and hostile input.
+
+Expectations marked "by hand" were read off the corpus files themselves, never from the parser.
+Known parser bugs are `xfail(strict=True)` with the failing input in the reason, so a fix shows up
+as an XPASS that must be acknowledged by removing the mark.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import corpus
+import pytest
+
+from watcher.azure.models import (
+    ACTIVE_STATUSES,
+    KNOWN_STATUSES,
+    Job,
+    VaultRef,
+    normalise_operation,
+    parse_duration,
+    parse_job,
+    parse_job_list,
+    parse_operation,
+    parse_size,
+    parse_time,
+)
+from watcher.errors import BadResponseError
+
+MB = 1024 * 1024
+GB = 1024 * MB
+US = timedelta(microseconds=1)  # the parser keeps 6 of Azure's 7 fraction digits
+
+
+def at(year: int, month: int, day: int, hour: int, minute: int, second: float) -> datetime:
+    """A UTC instant written like the corpus text (`40.9488967` seconds); compare within 1 us."""
+    whole = int(second)
+    return datetime(year, month, day, hour, minute, whole, tzinfo=UTC) + timedelta(
+        microseconds=round((second - whole) * 1e6)
+    )
+
+
+def same_instant(got: datetime | None, want: datetime | None) -> bool:
+    if got is None or want is None:
+        return got is want
+    return got.utcoffset() == timedelta(0) and abs(got - want) <= US
+
+
+# ------------------------------------------------------------------------------------------
+# the loader finds everything
+
+
+def test_every_file_mentioning_jobtype_yields_each_of_its_job_bodies() -> None:
+    """Each corpus file whose text has `"jobType"` yields exactly that many job bodies (schemas aside)."""
+    root = corpus.require_corpus()
+    mentions: dict[str, int] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix == ".md":
+            continue
+        text = path.read_text(encoding="utf-8")
+        count = text.count('"jobType"')
+        if not count:
+            continue
+        if path.name.endswith(".json") and "swagger" in json.loads(text):
+            continue  # a swagger excerpt: a schema that names jobType, not a body
+        mentions[path.relative_to(root).as_posix()] = count
+    yielded = Counter(ident.split("#", 1)[0] for ident, _ in corpus.iter_job_bodies())
+    assert len(mentions) >= 30, "the corpus should have dozens of job-bearing files"
+    assert dict(yielded) == mentions
+
+
+def test_every_operation_status_answer_yields_an_operation_body() -> None:
+    """Each 200 operationsStatus/backupOperations recording and each *OperationStatus* file yields one."""
+    root = corpus.require_corpus()
+    expected = set()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if "OperationStatus" in path.name:
+            expected.add(rel)
+        elif rel.startswith("recordings/"):
+            with path.open(encoding="utf-8") as fh:
+                rec = json.load(fh)
+            uri = rec["request"]["uri"].split("?", 1)[0]
+            if rec["status"] == 200 and ("/operationsStatus/" in uri or "/backupOperations/" in uri):
+                expected.add(rel)
+    found = Counter(ident.split("#", 1)[0] for ident, _ in corpus.iter_operation_bodies())
+    assert len(expected) >= 20
+    assert set(found) == expected
+    assert set(found.values()) == {1}
+
+
+def test_docs_capture_stray_brace_is_trimmed_by_the_loader() -> None:
+    """The docs `.http` captures end in a stray `}`: raw JSON parsing fails, the loader trims it."""
+    root = corpus.require_corpus()
+    path = root / "docs-excerpts" / "managejobs_JobGet_AzureIaaSVMJob_Completed_200.http"
+    raw_body = path.read_text(encoding="utf-8").split("\n\n", 1)[1]
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        json.loads(raw_body)
+    status, headers, body = corpus.load_http(path)
+    assert status == 200
+    assert headers["x-ms-ratelimit-remaining-subscription-reads"] == "14989"
+    assert body["name"] == "7ddead57-bcb9-4269-ac31-6a1b57588700"
+
+
+def test_load_http_reads_both_capture_layouts() -> None:
+    """`load_http` reads the `HTTP/1.1` layout (with or without body) and the `Status Code:` layout."""
+    docs = corpus.require_corpus() / "docs-excerpts"
+    status, headers, body = corpus.load_http(docs / "vms_TriggerBackup_202.http")
+    assert (status, body) == (202, None)
+    assert headers["Retry-After"] == "60"
+    assert headers["Azure-AsyncOperation"].endswith("?api-version=2016-12-01")
+    status, headers, body = corpus.load_http(docs / "sql_StopProtection_OperationStatus.http")
+    assert status == 200
+    assert headers["x-ms-ratelimit-remaining-subscription-resource-requests"] == "107"
+    assert body["properties"]["jobId"] == "68178d86-d564-460b-9643-829046aac1b1"
+
+
+def test_missing_corpus_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the corpus, `params` gives one skipped case outside CI and raises when `CI` is set."""
+    monkeypatch.setattr(corpus, "CORPUS", Path("/nonexistent/azure-corpus"))
+    monkeypatch.delenv("CI", raising=False)
+    (only,) = corpus.params(corpus.iter_job_bodies)
+    assert only.id == "corpus-missing"
+    assert "/nonexistent/azure-corpus" in only.marks[0].kwargs["reason"]
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(corpus.CorpusMissingError, match="BACKUP_WATCHER_CORPUS"):
+        corpus.params(corpus.iter_job_bodies)
+
+
+# ------------------------------------------------------------------------------------------
+# every real body parses
+
+
+@pytest.mark.parametrize(("ident", "body"), corpus.params(corpus.iter_job_bodies))
+def test_every_corpus_job_body_parses(ident: str, body: dict[str, Any]) -> None:
+    """A real job body gives a known status, its own jobType, a start, and an end exactly when final."""
+    job = parse_job(body)
+    props = body["properties"]
+    assert job.status in KNOWN_STATUSES
+    assert job.job_type == props["jobType"]
+    assert job.job_id == body["name"]
+    assert job.entity == props["entityFriendlyName"]
+    assert job.start_time is not None
+    # InProgress/Cancelling: no endTime, or 2016-05-01's `2001-01-01T00:00:00Z` sentinel.
+    assert (job.end_time is None) == (job.status in ACTIVE_STATUSES), props.get("endTime")
+    if job.end_time is not None:
+        assert job.end_time >= job.start_time
+    assert job.duration_seconds is not None
+    assert job.duration_seconds >= 0
+
+
+@pytest.mark.parametrize(("ident", "body"), corpus.params(corpus.iter_list_bodies))
+def test_every_corpus_list_page_parses(ident: str, body: dict[str, Any]) -> None:
+    """A real list page gives one Job per item and its nextLink verbatim (None when absent or null)."""
+    jobs, next_link = parse_job_list(body)
+    assert [j.job_id for j in jobs] == [item["name"] for item in body["value"]]
+    assert next_link == (body.get("nextLink") or None)
+
+
+@pytest.mark.parametrize(("ident", "body"), corpus.params(corpus.iter_operation_bodies))
+def test_every_corpus_operation_body_parses(ident: str, body: dict[str, Any]) -> None:
+    """A real operation body parses; InProgress has no end and no job; a job-info success names one job."""
+    op = parse_operation(body)
+    assert op.status in {"InProgress", "Succeeded"}
+    assert op.operation_id == body["name"]
+    assert op.start_time is not None
+    if op.status == "InProgress":
+        assert not op.is_final
+        assert op.end_time is None  # `0001-01-01T00:00:00`, with or without Z
+        assert op.job_ids == ()
+    else:
+        assert op.is_final
+        assert op.end_time is not None
+    if (body.get("properties") or {}).get("objectType") == "OperationStatusJobExtendedInfo":
+        assert op.job_ids == (body["properties"]["jobId"],)
+
+
+# ------------------------------------------------------------------------------------------
+# expectations written by hand from the files
+
+
+@dataclass(frozen=True)
+class Expect:
+    status: str
+    operation: str
+    job_type: str
+    entity: str
+    start: datetime
+    end: datetime | None
+    duration: float
+    vault: tuple[str, str, str] | None  # subscription, resource group, vault
+    detail: str = ""
+    error_codes: tuple[str, ...] = ()
+    backup_size: int | None = None
+    progress: float | None = None
+    bag: dict[str, str] = field(default_factory=dict)  # entries the propertyBag must hold, keys verbatim
+    workload: str | None = None
+    tasks: tuple[tuple[str, str], ...] | None = None  # (taskId, status), when checked
+    extended: bool | None = None  # whether the body has extendedInfo, when checked
+
+
+ZERO_SUB = "00000000-0000-0000-0000-000000000000"
+SWAGGER_VAULT = (ZERO_SUB, "SwaggerTestRg", "NetSDKTestRsVault")
+CLI_VAULT = (ZERO_SUB, "clitest.rg000001", "clitest-vault000002")
+SQL_VAULT = (ZERO_SUB, "sql-clitest-rg", "sql-clitestvault-donotuse")
+PHANIKT = ("04cf684a-d41f-4550-9f70-7708a3a2283b", "phaniktRSV", "phaniktRs1")
+KAZHENG = ("d22f872b-f3f1-425a-8100-c74a376452b1", "kazhengtest", "pshtesting")
+AFS = ("38304e13-357e-405e-9e9a-220351dcce8c", "afs-pstest-rg", "afs-pstest-vault")
+WAITJOB = ("f7424430-103b-4ba3-bd9e-b6f0986f848a", "RecoveryServicesBackupTestRg", "PsTestRsVault")
+TIMEFILTER = "recordings/ps-TestGetJobsTimeFilter-2016__01.json"
+TWO_TASKS_DONE = (("Take Snapshot", "Completed"), ("Transfer data to vault", "Completed"))
+
+EXPECTED: dict[str, Expect] = {
+    # TimeSpan duration, lower-case provider, Backup Size
+    "docs-excerpts/managejobs_JobGet_AzureIaaSVMJob_Completed_200.http": Expect(
+        "Completed", "Backup", "AzureIaaSVMJob", "uttestvmub1",
+        at(2018, 5, 21, 8, 35, 40.9488967), at(2018, 5, 21, 8, 56, 4.0385664), 20 * 60 + 23.0896697,
+        (ZERO_SUB, "Default-RecoveryServices-ResourceGroup-centralindia", "abdemovault"),
+        backup_size=2332 * MB, bag={"VM Name": "uttestvmub1", "Backup Size": "2332 MB"},
+        tasks=TWO_TASKS_DONE,
+    ),
+    # `Backup (Full)`, numeric errorCode 510008 with recommendations, workload task without duration
+    "docs-excerpts/sql_JobGet_AzureWorkloadJob_Failed_200.http": Expect(
+        "Failed", "Backup", "AzureWorkloadJob", "MSSQLSERVER/msDB [sqlserver-0.contoso.com]",
+        at(2018, 5, 28, 11, 43, 21.6516182), at(2018, 5, 28, 11, 46, 35.2955649), 3 * 60 + 13.6439467,
+        ("00000000-0000-0000-0000-0000000000", "SQLServerSelfHost", "SQLServer2012"),
+        detail="Full", error_codes=("510008",), workload="SQLDataBase",
+        bag={"Data Transferred (in MB)": "0"}, tasks=(("Transfer data to vault", "Failed"),),
+    ),
+    # 2015-03-15 time-filter list: /Subscriptions/, explicit nulls, failed jobs with errorTitle ""
+    f"{TIMEFILTER}#value[0]": Expect(
+        "Failed", "Backup", "AzureIaaSVMJob", "dc1vm0",
+        at(2016, 3, 21, 22, 2, 59.0700175), at(2016, 3, 21, 22, 2, 59.4435954), 0.3735779, PHANIKT,
+        error_codes=("400001",), extended=False,
+    ),
+    f"{TIMEFILTER}#value[2]": Expect(
+        "Failed", "Backup", "AzureIaaSVMJob", "anbhavm",
+        at(2016, 3, 21, 22, 2, 57.5073827), at(2016, 3, 21, 22, 6, 6.5988434), 3 * 60 + 9.0914607,
+        PHANIKT, error_codes=("400002",),
+    ),
+    f"{TIMEFILTER}#value[4]": Expect(
+        "Failed", "Backup", "AzureIaaSVMJob", "opcvm",
+        at(2016, 3, 21, 22, 1, 22.9050207), at(2016, 3, 21, 22, 42, 38.0093532), 41 * 60 + 15.1043325,
+        PHANIKT, error_codes=("400160",),
+    ),
+    f"{TIMEFILTER}#value[6]": Expect(
+        "Failed", "Backup", "AzureIaaSVMJob", "v1prjai1",
+        at(2016, 3, 21, 22, 1, 8.0380734), at(2016, 3, 21, 22, 1, 8.0380734), 0.0,
+        PHANIKT, error_codes=("400001",),
+    ),
+    f"{TIMEFILTER}#value[8]": Expect(
+        "Failed", "Backup", "AzureIaaSVMJob", "dc1vm0",
+        at(2016, 3, 21, 22, 1, 7.2325307), at(2016, 3, 21, 22, 4, 16.6871947), 3 * 60 + 9.454664,
+        PHANIKT, error_codes=("400136",),
+    ),
+    f"{TIMEFILTER}#value[9]": Expect(  # `"errorDetails": null`
+        "Completed", "Backup", "AzureIaaSVMJob", "oraclevm",
+        at(2016, 3, 21, 22, 0, 41.5330096), at(2016, 3, 21, 22, 20, 20.5763811), 19 * 60 + 39.0433715,
+        PHANIKT, extended=False,
+    ),
+    # Cancelling (2016-05-01): endTime `2001-01-01T00:00:00Z`, tasks Cancelling, progressPercentage null
+    "recordings/ps-TestCancelJobScenario-2016__05.json": Expect(
+        "Cancelling", "Backup", "AzureIaaSVMJob", "pikumartestvm",
+        at(2016, 4, 14, 9, 44, 43.8893946), None, 52.7881883, KAZHENG,
+        bag={"VM Name": "pikumartestvm"}, progress=None,
+        tasks=(("Take Snapshot", "Cancelling"), ("Transfer data to vault", "Cancelling")),
+    ),
+    "recordings/ps-TestCancelJobScenario-2016__01.json#value[0]": Expect(  # InProgress, 2001 end
+        "InProgress", "Backup", "AzureIaaSVMJob", "pikumartestvm",
+        at(2016, 4, 14, 9, 44, 43.8893946), None, 32.7287673, KAZHENG, extended=False,
+    ),
+    "recordings/ps-TestGetJobsBackupManagementTypeFilter-2016__01.json#value[0]": Expect(
+        "Cancelled", "Backup", "AzureIaaSVMJob", "pikumartestvm",
+        at(2016, 4, 14, 9, 44, 43.8893946), at(2016, 4, 14, 9, 47, 49.0241425), 3 * 60 + 5.1347479,
+        KAZHENG,
+    ),
+    # Cancelling SQL job, `Backup (Full)`, /Subscriptions/
+    "recordings/ps-TestAzureVmWorkloadCancelJob-2020__01.json": Expect(
+        "Cancelling", "Backup", "AzureWorkloadJob", "master [psbvtsqlvm]",
+        at(2020, 12, 21, 17, 2, 27.4353019), None, 12.1147736,
+        ("38304e13-357e-405e-9e9a-220351dcce8c", "pstestwlRG1bca8", "pstestwlRSV1bca8"),
+        detail="Full", workload="SQLDataBase", tasks=(("Transfer data to vault", "InProgress"),),
+    ),
+    # AzureStorageJob
+    "recordings/ps-TestAzureFSGetJob-2024__04.json": Expect(
+        "Completed", "ConfigureBackup", "AzureStorageJob", "fs1",
+        at(2024, 4, 22, 6, 51, 2.1758655), at(2024, 4, 22, 6, 51, 43.9909476), 41.8150821, AFS,
+        bag={"File Share Name": "fs1", "Policy Name": "afspolicy1"}, tasks=(),
+    ),
+    "recordings/ps-TestAzureFSGetJob-2024__05.json#value[1]": Expect(
+        "Completed", "Register", "AzureStorageJob", "afspstestsa",
+        at(2024, 4, 22, 6, 49, 59.064024), at(2024, 4, 22, 6, 50, 9.2148486), 10.1508246, AFS,
+    ),
+    # progressPercentage 1.0; propertyBag "Job Type" and "Recovery point time " (trailing space)
+    "recordings/cli-test_backup_job-2022__17.json": Expect(
+        "InProgress", "Restore", "AzureIaaSVMJob", "clitest-vm000003",
+        at(2022, 5, 13, 10, 52, 12.1188556), None, 1.2657289, CLI_VAULT, progress=1.0,
+        bag={"Job Type": "Recover disks", "Recovery point time ": "5/13/2022 10:09:31 AM"},
+        tasks=(("Transfer data from vault", "InProgress"),),
+    ),
+    # ISO duration with minutes, Backup Size 11370 MB, 6-digit endTime fraction
+    "recordings/cli-test_backup_job-2022__19.json": Expect(
+        "Completed", "Backup", "AzureIaaSVMJob", "clitest-vm000003",
+        at(2022, 5, 13, 10, 9, 27.2801342), at(2022, 5, 13, 10, 50, 45.207162), 41 * 60 + 17.9270278,
+        CLI_VAULT, backup_size=11370 * MB, bag={"Backup Size": "11370 MB"}, tasks=TWO_TASKS_DONE,
+    ),
+    "recordings/cli-test_backup_job-2022__01.json": Expect(
+        "InProgress", "Backup", "AzureIaaSVMJob", "clitest-vm000003",
+        at(2022, 5, 13, 10, 9, 27.2801342), None, 30 * 60 + 46.1844701, CLI_VAULT,
+        tasks=(("Take Snapshot", "Completed"), ("Transfer data to vault", "InProgress")),
+    ),
+    "recordings/cli-test_backup_job-2022__10.json": Expect(  # startTime `10:52:22.884816Z`
+        "Completed", "DeleteBackupData", "AzureIaaSVMJob", "clitest-vm000003",
+        at(2022, 5, 13, 10, 52, 22.884816), at(2022, 5, 13, 10, 54, 14.2952976), 60 + 51.4104816,
+        CLI_VAULT, bag={"Number of Recovery Points": "1"}, tasks=(),
+    ),
+    # AzureWorkloadJob; entity drifts by operation (`msdb [sql-clitestvm-d]` vs `msdb`)
+    "recordings/cli-test_backup_wl_sql_protection-2022__06.json": Expect(
+        "Completed", "Backup", "AzureWorkloadJob", "msdb [sql-clitestvm-d]",
+        at(2022, 5, 16, 7, 17, 20.3241813), at(2022, 5, 16, 7, 20, 22.8893894), 3 * 60 + 2.5652081,
+        SQL_VAULT, detail="Full", workload="SQLDataBase", bag={"Data Transferred (in MB)": "20.1147"},
+        tasks=(("Transfer data to vault", "Completed"),),
+    ),
+    "recordings/cli-test_backup_wl_sql_protection-2022__07.json": Expect(
+        "Completed", "DisableBackup", "AzureWorkloadJob", "msdb",
+        at(2022, 5, 16, 7, 21, 13.1647664), at(2022, 5, 16, 7, 21, 45.1494711), 31.9847047, SQL_VAULT,
+        workload="SQLDataBase", tasks=(),
+    ),
+    "recordings/cli-test_backup_wl_sql_restore-2021__02.json": Expect(
+        "Completed", "DeleteBackupData", "AzureWorkloadJob", "msdb",
+        at(2021, 6, 18, 13, 15, 44.6357404), at(2021, 6, 18, 13, 16, 17.6455157), 33.0097753,
+        (ZERO_SUB, "sarath-rg", "sarath-vault"), workload="SQLDataBase",
+    ),
+    # TimeSpan over four hours, crossing midnight
+    "recordings/ps-TestWaitJobScenario-2016__01.json#value[4]": Expect(
+        "Completed", "Backup", "AzureIaaSVMJob", "pstestv2vm1",
+        at(2016, 10, 27, 22, 33, 47.3095217), at(2016, 10, 28, 2, 38, 21.0745864),
+        4 * 3600 + 4 * 60 + 33.7650647, WAITJOB,
+    ),
+    "recordings/ps-TestWaitJobScenario-2016__03.json": Expect(
+        "Completed", "Backup", "AzureIaaSVMJob", "pstestv2vm1",
+        at(2016, 10, 28, 8, 22, 9.9651359), at(2016, 10, 28, 8, 46, 30.5984879), 24 * 60 + 20.633352,
+        WAITJOB, backup_size=18266 * MB, bag={"Backup Size": "18266 MB"}, tasks=TWO_TASKS_DONE,
+    ),
+    # 2016 propertyBag key "JobType"; dynamicErrorMessage ""; activityId not a GUID
+    "recordings/ps-TestRestoreAzureVMItemScenario-2016__04.json": Expect(
+        "InProgress", "Restore", "AzureIaaSVMJob", "pra-vm2",
+        at(2016, 6, 15, 7, 23, 17.979637), None, 5.5111612,
+        ("f2edfd5d-5496-4683-b94f-b3588c579009", "shankcanaryrg", "shankcanary2"),
+        bag={"JobType": "Recover disks", "Target Storage Account Name": "shraccanseastorv2"}, tasks=(),
+    ),
+    # dogfood provider `Microsoft.RecoveryServicesBVTD` is not a Recovery Services vault id: no vault
+    "recordings/ps-TestBackupItemScenario-2016__06.json": Expect(
+        "Completed", "Backup", "AzureIaaSVMJob", "arpittestencvm1",
+        at(2016, 6, 22, 15, 13, 58.1793674), at(2016, 6, 22, 15, 39, 15.5718426), 25 * 60 + 17.3924752,
+        None, backup_size=7 * MB, tasks=TWO_TASKS_DONE,
+    ),
+    "recordings/py-test_iaasvm_e2e-2017__07.json": Expect(
+        "InProgress", "Restore", "AzureIaaSVMJob", "swaggersdktest",
+        at(2017, 10, 19, 7, 47, 11.0940995), None, 11.9355965,
+        (ZERO_SUB, "PythonSDKBackupTestRg", "PySDKBackupTestRsVault"),
+        bag={"Job Type": "Recover disks", "Recovery point time ": "10/19/2017 7:11:28 AM"},
+    ),
+    # spec examples, old and TypeSpec-era
+    "2017-07-01/Common/ListJobs.json#responses/200/value[1]": Expect(
+        "Completed", "ConfigureBackup", "AzureIaaSVMJob", "testvm",
+        at(2017, 8, 3, 5, 30, 32.4487085), at(2017, 8, 3, 5, 31, 3.7553376), 31.3066291, SWAGGER_VAULT,
+        extended=False,
+    ),
+    "2025-08-01/Common/GetJobDetails.json#responses/200": Expect(
+        "InProgress", "Backup", "AzureIaaSVMJob", "testvm",
+        at(2017, 8, 3, 5, 31, 7.014604), None, 9.8782791, SWAGGER_VAULT,
+        tasks=(("Take Snapshot", "InProgress"), ("Transfer data to vault", "NotStarted")),
+        bag={"VM Name": "testvm"}, extended=True,
+    ),
+}
+
+
+@pytest.mark.parametrize(("ident", "want"), list(EXPECTED.items()), ids=list(EXPECTED))
+def test_job_matches_hand_written_expectation(ident: str, want: Expect) -> None:
+    """Selected real bodies parse to exactly the values read off the files by hand."""
+    job = parse_job(corpus.get_body(ident))
+    assert (job.status, job.operation, job.operation_detail) == (want.status, want.operation, want.detail)
+    assert (job.job_type, job.entity) == (want.job_type, want.entity)
+    assert same_instant(job.start_time, want.start), job.start_time
+    assert same_instant(job.end_time, want.end), job.end_time
+    assert job.duration_seconds == pytest.approx(want.duration, abs=1e-6)
+    if want.vault is None:
+        assert job.vault is None
+    else:
+        assert job.vault is not None
+        got = (job.vault.subscription_id, job.vault.resource_group, job.vault.name)
+        assert tuple(s.lower() for s in got) == tuple(s.lower() for s in want.vault)
+    assert tuple(e.code for e in job.errors) == want.error_codes
+    assert job.backup_size_bytes == want.backup_size
+    assert job.progress_percent == want.progress
+    assert {k: job.property_bag.get(k) for k in want.bag} == want.bag
+    if want.workload is not None:
+        assert job.workload_type == want.workload
+    if want.tasks is not None:
+        assert tuple((t.task_id, t.status) for t in job.tasks) == want.tasks
+    if want.extended is not None:
+        assert job.has_extended_info is want.extended
+
+
+def test_expectations_cover_enough_files() -> None:
+    """The hand-written table spans at least a dozen distinct corpus files."""
+    assert len({ident.split("#", 1)[0] for ident in EXPECTED}) >= 12
+
+
+def test_workload_failure_keeps_numeric_code_title_message_and_recommendation() -> None:
+    """`errorCode: 510008` (a number) becomes "510008"; title, message and recommendation are kept."""
+    job = parse_job(corpus.get_body("docs-excerpts/sql_JobGet_AzureWorkloadJob_Failed_200.http"))
+    (error,) = job.errors
+    assert error.code == "510008"
+    assert error.title == "OperationCancelledBecauseConflictingOperationRunningUserError"
+    assert error.message == (
+        "Operation cancelled as a conflicting operation was already running on the same database."
+    )
+    assert error.recommendations == ("Please try again after sometime.",)
+    (task,) = job.tasks
+    assert task.duration_seconds is None  # workload tasks carry no duration at all
+
+
+def test_2016_time_filter_list_has_ten_failed_jobs_with_empty_titles() -> None:
+    """The 11-job 2015-03-15 list: 10 Failed with numeric codes and `errorTitle: ""`, 1 Completed."""
+    jobs, next_link = parse_job_list(corpus.get_body(TIMEFILTER))
+    assert next_link is None  # `"nextLink": null`
+    codes = [tuple(e.code for e in j.errors) for j in jobs]
+    assert codes == [
+        ("400001",), ("400001",), ("400002",), ("400001",), ("400160",), ("400001",),
+        ("400001",), ("400002",), ("400136",), (), ("400002",),
+    ]
+    assert [j.status for j in jobs] == ["Failed"] * 9 + ["Completed", "Failed"]
+    errors = [e for j in jobs for e in j.errors]
+    assert {e.title for e in errors} == {""}
+    assert all(len(e.recommendations) == 1 and e.message for e in errors)
+    assert not any(j.has_extended_info for j in jobs)  # list items: `"extendedInfo": null`
+
+
+def test_unknown_future_job_type_parses_generically() -> None:
+    """A real body relabelled `AzureFutureJob`, with unknown fields added, parses like any job."""
+    body = corpus.get_body("recordings/cli-test_backup_job-2022__19.json")
+    props = body["properties"]
+    props["jobType"] = "AzureFutureJob"
+    props["quantumState"] = {"entangled": [1, 2, {"x": None}]}
+    props["actionsInfo"] = [1, "Retry", None]
+    props["extendedInfo"]["tasksList"].append({"taskId": "Ship to Mars", "status": "NotStarted", "eta": 7})
+    props["extendedInfo"]["futureBag"] = ["a", "b"]
+    body["futureTopLevel"] = True
+    job = parse_job(body)
+    assert job.job_type == "AzureFutureJob"
+    assert (job.status, job.operation, job.entity) == ("Completed", "Backup", "clitest-vm000003")
+    assert same_instant(job.end_time, at(2022, 5, 13, 10, 50, 45.207162))
+    assert job.duration_seconds == pytest.approx(2477.9270278, abs=1e-6)
+    assert job.backup_size_bytes == 11370 * MB
+    assert [t.task_id for t in job.tasks][-1] == "Ship to Mars"
+
+
+# ------------------------------------------------------------------------------------------
+# operations
+
+
+DOCS_OPERATION_JOB_IDS = {
+    "docs-excerpts/managejobs_OperationStatus_final_jobId.json.txt": "41f3e94b-ae6b-4a20-b422-65abfcaf03e5",
+    "docs-excerpts/sql_OperationStatus_final_jobId.json.txt": "c22eca5d-0c1c-48a0-a40d-69bef708d92a",
+    "docs-excerpts/sql_StopProtection_OperationStatus.http": "68178d86-d564-460b-9643-829046aac1b1",
+    "docs-excerpts/vms_OperationStatus_200_jobId.http": "7ddead57-bcb9-4269-ac31-6a1b57588700",
+}
+
+
+@pytest.mark.parametrize(
+    ("ident", "job_id"), list(DOCS_OPERATION_JOB_IDS.items()), ids=list(DOCS_OPERATION_JOB_IDS)
+)
+def test_docs_operation_status_resolves_to_its_job(ident: str, job_id: str) -> None:
+    """Each docs OperationStatus capture is a final success naming the job id written in it."""
+    op = parse_operation(corpus.get_body(ident))
+    assert (op.status, op.is_final, op.job_ids) == ("Succeeded", True, (job_id,))
+    assert op.object_type == "OperationStatusJobExtendedInfo"
+
+
+def test_docs_operation_status_table_lists_every_capture() -> None:
+    """The table above names every `docs-excerpts/*OperationStatus*` file."""
+    root = corpus.require_corpus()
+    found = {p.relative_to(root).as_posix() for p in (root / "docs-excerpts").glob("*OperationStatus*")}
+    assert found == set(DOCS_OPERATION_JOB_IDS)
+
+
+def test_succeeded_operation_without_properties_names_no_job() -> None:
+    """`py-test_iaasvm_e2e-2017__09`: Succeeded without `properties` gives no job id."""
+    op = parse_operation(corpus.get_body("recordings/py-test_iaasvm_e2e-2017__09.json"))
+    assert (op.status, op.is_final, op.job_ids, op.object_type) == ("Succeeded", True, (), None)
+    assert op.operation_id == "078b0d7b-9cb7-41f5-9525-11d4e54a1de3"
+    assert same_instant(op.end_time, at(2017, 10, 19, 7, 58, 34.3613949))
+
+
+def test_ilr_operation_names_no_job() -> None:
+    """`py-test_iaasvm_e2e-2017__10` (OperationStatusProvisionILRExtendedInfo) gives no job id."""
+    op = parse_operation(corpus.get_body("recordings/py-test_iaasvm_e2e-2017__10.json"))
+    assert (op.status, op.job_ids) == ("Succeeded", ())
+    assert op.object_type == "OperationStatusProvisionILRExtendedInfo"
+
+
+@pytest.mark.parametrize(
+    ("ident", "start"),
+    [
+        ("recordings/cli-test_afs_backup_protection-2021__01.json", at(2021, 1, 11, 9, 53, 50.9215387)),
+        ("recordings/ps-TestBackupItemScenario-2016__02.json", at(2016, 6, 22, 15, 13, 58.1793674)),
+        ("recordings/cli-test_backup_job-2022__03.json", at(2022, 5, 13, 10, 7, 50.6019865)),
+        # `0001-01-01T00:00:00.00000Z`: Z and a 5-digit fraction
+        ("2025-08-01/Common/ProtectedItem_Delete_OperationStatus.json#responses/200",
+         at(2017, 8, 3, 6, 52, 53.886027)),
+    ],
+)
+def test_in_progress_operation_year_one_end_time_is_none(ident: str, start: datetime) -> None:
+    """An InProgress operation's `0001-01-01T00:00:00` endTime means no end time."""
+    op = parse_operation(corpus.get_body(ident))
+    assert (op.status, op.is_final, op.end_time, op.job_ids) == ("InProgress", False, None, ())
+    assert same_instant(op.start_time, start)
+
+
+def test_restore_job_id_may_equal_operation_id() -> None:
+    """`cli-test_backup_job-2022__16`: the restore's jobId is its own operation id."""
+    op = parse_operation(corpus.get_body("recordings/cli-test_backup_job-2022__16.json"))
+    assert op.operation_id == "1272e714-b655-44b7-9c8e-dde07d320bbc"
+    assert op.job_ids == ("1272e714-b655-44b7-9c8e-dde07d320bbc",)
+
+
+def test_jobs_extended_info_gives_every_job_id() -> None:
+    """`OperationStatusJobsExtendedInfo` (swagger 2026-02-01: jobIds[], failedJobsError{}) gives all ids."""
+    op = parse_operation(
+        {
+            "id": "5c5545ba-b56b-42d1-abbb-0a32bace384a",
+            "name": "5c5545ba-b56b-42d1-abbb-0a32bace384a",
+            "status": "Succeeded",
+            "startTime": "2024-04-22T06:51:02.1758655Z",
+            "endTime": "2024-04-22T06:52:02.1758655Z",
+            "properties": {
+                "objectType": "OperationStatusJobsExtendedInfo",
+                "jobIds": ["job-1", "job-2", "job-3"],
+                "failedJobsError": {"job-4": "UserErrorSomething"},
+            },
+        }
+    )
+    assert op.job_ids == ("job-1", "job-2", "job-3")
+    assert op.object_type == "OperationStatusJobsExtendedInfo"
+    assert same_instant(op.end_time, at(2024, 4, 22, 6, 52, 2.1758655))
+
+
+def test_failed_operation_keeps_error_code_and_message() -> None:
+    """A Failed operation (swagger `OperationStatusError`) keeps its code and message and names no job."""
+    op = parse_operation(
+        {
+            "id": "op-1",
+            "name": "op-1",
+            "status": "Failed",
+            "startTime": "2022-05-13T10:07:50.6019865Z",
+            "endTime": "2022-05-13T10:08:50.6019865Z",
+            "error": {"code": "UserErrorBackupOperationInProgress", "message": "Another backup is running."},
+        }
+    )
+    assert (op.status, op.is_final, op.job_ids) == ("Failed", True, ())
+    assert op.error_code == "UserErrorBackupOperationInProgress"
+    assert op.error_message == "Another backup is running."
+
+
+@pytest.mark.parametrize("body", [None, [], "Succeeded", 7, {}, {"status": None}, {"status": ""}])
+def test_non_operation_body_is_a_bad_response(body: Any) -> None:
+    """A body that is not an object, or has no status, is refused with BadResponseError."""
+    with pytest.raises(BadResponseError):
+        parse_operation(body)
+
+
+def test_rest_api_500_error_body_is_not_an_operation() -> None:
+    """The transient 500 `RestApiInternalError` body (`py-test_iaasvm_e2e-2017__04`) is refused."""
+    body = corpus.get_body("recordings/py-test_iaasvm_e2e-2017__04.json")
+    assert body["error"]["code"] == "RestApiInternalError"
+    with pytest.raises(BadResponseError):
+        parse_operation(body)
+
+
+JOB_IDS_NOT_A_LIST = "parse_operation iterates `properties.jobIds` without checking it is a list"
+
+
+@pytest.mark.parametrize(
+    ("properties", "allowed"),
+    [
+        ([1, 2], [()]),
+        ({"objectType": None, "jobId": 5}, [()]),
+        ({"jobIds": [None, 3, "", "job-1", "job-1"]}, [("job-1",)]),
+        pytest.param(
+            {"jobIds": "job-1"}, [(), ("job-1",)], id="jobIds-string",
+            marks=pytest.mark.xfail(strict=True, reason=f"{JOB_IDS_NOT_A_LIST}: 'job-1' gives one id per character"),
+        ),
+        pytest.param(
+            {"jobIds": 5}, [()], id="jobIds-int",
+            marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{JOB_IDS_NOT_A_LIST}: TypeError"),
+        ),
+    ],
+)
+def test_odd_operation_properties_never_crash(properties: Any, allowed: list[tuple[str, ...]]) -> None:
+    """Malformed operation `properties` give no (or only sane) job ids instead of an exception."""
+    op = parse_operation({"name": "op", "status": "Succeeded", "properties": properties})
+    assert op.job_ids in allowed
+
+
+# ------------------------------------------------------------------------------------------
+# hostile and malformed job bodies
+
+
+def hostile(**props: Any) -> dict[str, Any]:
+    """A minimal valid job body with `props` merged into (or, for None values, set in) properties."""
+    body: dict[str, Any] = {
+        "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v/backupJobs/j",
+        "name": "j",
+        "properties": {
+            "jobType": "AzureIaaSVMJob",
+            "entityFriendlyName": "vm1",
+            "operation": "Backup",
+            "status": "Completed",
+            "startTime": "2022-05-13T10:09:27.2801342Z",
+            "endTime": "2022-05-13T10:50:45.207162Z",
+            "duration": "PT41M17.9270278S",
+        },
+    }
+    body["properties"].update(props)
+    return body
+
+
+NOT_JOBS = [
+    pytest.param(None, id="null"),
+    pytest.param([hostile()], id="list"),
+    pytest.param("job", id="string"),
+    pytest.param(42, id="number"),
+    pytest.param({"name": "j"}, id="no-properties"),
+    pytest.param({"name": "j", "properties": None}, id="properties-null"),
+    pytest.param({"name": "j", "properties": [{"jobType": "AzureIaaSVMJob"}]}, id="properties-list"),
+    pytest.param({"name": "j", "properties": "AzureIaaSVMJob"}, id="properties-string"),
+    pytest.param({"properties": {"jobType": "AzureIaaSVMJob"}}, id="no-name-no-id"),
+]
+
+
+@pytest.mark.parametrize("body", NOT_JOBS)
+def test_body_that_is_not_a_job_is_a_bad_response(body: Any) -> None:
+    """Something that is not a job at all is refused with BadResponseError, nothing else."""
+    with pytest.raises(BadResponseError):
+        parse_job(body)
+
+
+def test_list_page_that_is_not_a_list_or_holds_a_non_job_is_a_bad_response() -> None:
+    """A page without a `value` array, or with a non-job item, is refused with BadResponseError."""
+    for page in ([], {"value": "x"}, {"nextLink": "https://x"}, {"value": [hostile(), 5]}):
+        with pytest.raises(BadResponseError):
+            parse_job_list(page)
+    jobs, next_link = parse_job_list({"value": [], "nextLink": 7})
+    assert (jobs, next_link) == ([], None)
+
+
+def _bag(**extended: Any) -> dict[str, Any]:
+    return hostile(extendedInfo=extended)
+
+
+HUGE = 1_000_000
+CRASH = "parse_job raises instead of reading the field leniently"
+OVERFLOW = "parse_duration/parse_size overflow on out-of-range numbers"
+
+
+@pytest.mark.parametrize(
+    ("body", "check"),
+    [
+        pytest.param(hostile(status=None), lambda j: j.status == "Unknown" and not j.is_final, id="status-null"),
+        pytest.param(hostile(status=["Completed"]), lambda j: j.status == "Unknown", id="status-list"),
+        pytest.param(hostile(status="Paused"), lambda j: j.status == "Paused" and not j.is_final, id="status-new"),
+        pytest.param(hostile(status="completed"), lambda j: j.status == "Completed", id="status-lower"),
+        pytest.param(hostile(jobType=None), lambda j: j.job_type == "Unknown", id="jobType-null"),
+        pytest.param(hostile(operation=None), lambda j: j.operation == "Unknown", id="operation-null"),
+        pytest.param(hostile(operation=17), lambda j: j.operation == "17", id="operation-number"),
+        pytest.param(hostile(duration="about an hour"), lambda j: j.duration_seconds is None, id="duration-garbage"),
+        pytest.param(hostile(duration={"PT": 1}), lambda j: j.duration_seconds is None, id="duration-object"),
+        pytest.param(hostile(endTime="yesterday"), lambda j: j.end_time is None, id="endTime-garbage"),
+        pytest.param(hostile(endTime=20220513), lambda j: j.end_time is None, id="endTime-number"),
+        pytest.param(hostile(startTime="soon"), lambda j: j.start_time is None, id="startTime-garbage"),
+        pytest.param(hostile(errorDetails="boom"), lambda j: j.errors == (), id="errorDetails-string"),
+        pytest.param(hostile(errorDetails={"errorCode": 1}), lambda j: j.errors == (), id="errorDetails-object"),
+        pytest.param(
+            hostile(errorDetails=[None, "x", 3, {"errorCode": None, "recommendations": "retry"}]),
+            lambda j: [(e.code, e.recommendations) for e in j.errors] == [("", ())],
+            id="errorDetails-odd-items",
+        ),
+        pytest.param(
+            hostile(errorDetails=[{"errorCode": 400001, "recommendations": [None, "wait", 3]}]),
+            lambda j: j.errors[0].recommendations == ("wait", "3"),
+            id="recommendations-odd-items",
+        ),
+        pytest.param(_bag(tasksList=[None, "Take Snapshot", 3, [], {"taskId": "t", "status": "Completed"}]),
+                     lambda j: [t.task_id for t in j.tasks] == ["t"], id="tasksList-non-dicts"),
+        pytest.param(_bag(tasksList="Take Snapshot"), lambda j: j.tasks == (), id="tasksList-string"),
+        pytest.param(_bag(tasksList=[{"taskId": "t", "duration": "later"}]),
+                     lambda j: j.tasks[0].duration_seconds is None, id="task-duration-garbage"),
+        pytest.param(hostile(extendedInfo="none"), lambda j: not j.has_extended_info, id="extendedInfo-string"),
+        pytest.param(_bag(propertyBag=["Backup Size", "2332 MB"]), lambda j: j.property_bag == {}, id="bag-list"),
+        pytest.param(_bag(propertyBag={"Backup Size": "lots"}), lambda j: j.backup_size_bytes is None,
+                     id="backup-size-garbage"),
+        pytest.param(_bag(propertyBag={"backup size ": "1.5 GB"}), lambda j: j.backup_size_bytes == int(1.5 * GB),
+                     id="backup-size-key-drift"),
+        pytest.param(_bag(progressPercentage=True), lambda j: j.progress_percent is None, id="progress-bool"),
+        pytest.param({**hostile(), "id": "not/an/arm/id"}, lambda j: j.vault is None and j.job_id == "j", id="id-garbage"),
+        pytest.param({k: v for k, v in hostile().items() if k != "name"}, lambda j: j.job_id == "j", id="no-name"),
+        pytest.param(hostile(entityFriendlyName="e" * HUGE), lambda j: len(j.entity) == HUGE, id="huge-entity"),
+        pytest.param({**hostile(), "name": "n" * HUGE}, lambda j: len(j.job_id) == HUGE, id="huge-name"),
+        pytest.param(hostile(operation="Backup" * (HUGE // 6)), lambda j: len(j.operation) == HUGE // 6 * 6,
+                     id="huge-operation"),
+        pytest.param(hostile(operation="Backup (" + "F" * HUGE + ")"), lambda j: len(j.operation_detail) == HUGE,
+                     id="huge-operation-detail"),
+        pytest.param(hostile(duration="P" * HUGE), lambda j: j.duration_seconds is None, id="huge-duration"),
+        pytest.param(hostile(endTime="2022" * HUGE), lambda j: j.end_time is None, id="huge-endTime"),
+        pytest.param(_bag(propertyBag={f"k{i}": "v" * 100 for i in range(10_000)}),
+                     lambda j: len(j.property_bag) == 10_000, id="huge-bag"),
+        pytest.param(
+            hostile(errorDetails=5), lambda j: j.errors == (), id="errorDetails-number",
+            marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{CRASH}: `errorDetails: 5` -> TypeError"),
+        ),
+        pytest.param(
+            hostile(errorDetails=True), lambda j: j.errors == (), id="errorDetails-true",
+            marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{CRASH}: `errorDetails: true` -> TypeError"),
+        ),
+        pytest.param(
+            _bag(tasksList=5), lambda j: j.tasks == (), id="tasksList-number",
+            marks=pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{CRASH}: `tasksList: 5` -> TypeError"),
+        ),
+        pytest.param(
+            hostile(duration="P9999999999D"), lambda j: j.duration_seconds in (None, 9999999999 * 86400.0),
+            id="duration-too-many-days",
+            marks=pytest.mark.xfail(strict=True, raises=OverflowError, reason=f"{OVERFLOW}: 'P9999999999D'"),
+        ),
+        pytest.param(
+            _bag(tasksList=[{"taskId": "t", "status": "Completed", "duration": "P9999999999D"}]),
+            lambda j: len(j.tasks) == 1, id="task-duration-too-many-days",
+            marks=pytest.mark.xfail(strict=True, raises=OverflowError, reason=f"{OVERFLOW}: task 'P9999999999D'"),
+        ),
+        pytest.param(
+            _bag(propertyBag={"Backup Size": "9" * 400 + " MB"}), lambda j: j.backup_size_bytes is None
+            or j.backup_size_bytes == int("9" * 400) * MB, id="backup-size-400-digits",
+            marks=pytest.mark.xfail(strict=True, raises=OverflowError, reason=f"{OVERFLOW}: 400-digit Backup Size"),
+        ),
+    ],
+)
+def test_hostile_job_body_parses_leniently(body: dict[str, Any], check: Any) -> None:
+    """Odd, wrong-typed or huge fields in a real-shaped job body are read leniently, never crash."""
+    job = parse_job(body)
+    assert isinstance(job, Job)
+    assert check(job)
+
+
+def test_long_whitespace_in_operation_parses_in_linear_time() -> None:
+    """An operation text with a long run of blanks is normalised quickly (no regex backtracking blow-up)."""
+    text = "Backup" + " " * 8_000 + "x"
+    started = time.perf_counter()
+    assert normalise_operation(text) == (text.strip(), "")
+    assert time.perf_counter() - started < 0.02
+
+
+test_long_whitespace_in_operation_parses_in_linear_time = pytest.mark.xfail(
+    strict=True,
+    reason="normalise_operation's `^\\s*(?P<base>[^()]*?)\\s*\\(` backtracks quadratically on blank runs: "
+    "'Backup' + 8000 blanks + 'x' takes ~0.2 s (100k blanks: ~20 s)",
+)(test_long_whitespace_in_operation_parses_in_linear_time)
+
+
+# ------------------------------------------------------------------------------------------
+# scalar parsers
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("00:00:32.7287673", 32.7287673),
+        ("04:04:33.7650647", 4 * 3600 + 4 * 60 + 33.7650647),
+        ("00:00:00", 0.0),
+        ("00:00:00.3735779", 0.3735779),
+        ("1.02:00:00", 86400 + 2 * 3600),
+        ("3.00:00:00.5", 3 * 86400 + 0.5),
+        ("10.01:02:03.25", 10 * 86400 + 3600 + 2 * 60 + 3.25),
+        ("PT30M46.1844701S", 30 * 60 + 46.1844701),
+        ("PT0S", 0.0),
+        ("PT9.8782791S", 9.8782791),
+        ("PT12.4S", 12.4),
+        ("PT4H", 4 * 3600),
+        ("P2D", 2 * 86400),
+        ("P1DT2H3M4.5S", 86400 + 2 * 3600 + 3 * 60 + 4.5),
+        ("P1DT0.5H", 86400 + 1800),
+        (" PT1M31.7816139S ", 91.7816139),
+    ],
+)
+def test_parse_duration_reads_timespan_and_iso(text: str, seconds: float) -> None:
+    """.NET TimeSpan (with/without days and fractions) and ISO 8601 durations give seconds."""
+    assert parse_duration(text) == pytest.approx(seconds, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "garbage", "P", "PT", "12 minutes", "00:00", "1.2.3", "PT-5S", "T5M", None, [], {}, True]
+)
+def test_parse_duration_garbage_is_none(value: Any) -> None:
+    """Anything that is not a duration gives None."""
+    assert parse_duration(value) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("P9999999999D", id="iso-days-beyond-timedelta"),
+        pytest.param("PT" + "9" * 400 + "S", id="iso-400-digits"),
+        pytest.param("9" * 400 + ".00:00:00", id="timespan-400-digit-days"),
+        pytest.param("9" * 5000 + ".00:00:00", id="timespan-5000-digit-days"),
+    ],
+)
+@pytest.mark.xfail(
+    strict=True,
+    raises=(OverflowError, ValueError),
+    reason="parse_duration raises on out-of-range numbers (timedelta OverflowError, float overflow, "
+    "int() digit limit) instead of giving None",
+)
+def test_parse_duration_out_of_range_is_none_or_finite(text: str) -> None:
+    """An absurdly large duration gives None (or a finite float), never an exception."""
+    result = parse_duration(text)
+    assert result is None or math.isfinite(result)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("2016-04-14T09:44:43.8893946Z", at(2016, 4, 14, 9, 44, 43.8893946)),  # 7-digit fraction
+        ("2022-05-13T10:52:22.884816Z", at(2022, 5, 13, 10, 52, 22.884816)),  # trailing zero dropped
+        ("2022-05-13T10:50:45.207162Z", at(2022, 5, 13, 10, 50, 45.207162)),
+        ("2024-04-22T06:49:59.064024Z", at(2024, 4, 22, 6, 49, 59.064024)),
+        ("2018-05-21T08:35:40Z", at(2018, 5, 21, 8, 35, 40)),
+        ("2022-05-13T10:09:27.2801342", at(2022, 5, 13, 10, 9, 27.2801342)),  # no Z: UTC
+        ("2018-05-21T10:35:40.9488967+02:00", at(2018, 5, 21, 8, 35, 40.9488967)),
+        ("2018-05-21T03:05:40-05:30", at(2018, 5, 21, 8, 35, 40)),
+        ("2002-01-01T00:00:00Z", at(2002, 1, 1, 0, 0, 0)),  # first year that counts as a time
+        ("0001-01-01T00:00:00", None),  # operation bodies, no Z
+        ("0001-01-01T00:00:00Z", None),
+        ("0001-01-01T00:00:00.00000Z", None),
+        ("2001-01-01T00:00:00Z", None),  # 2016-05-01 running jobs
+        ("2001-01-01T00:00:00", None),
+        ("", None),
+        ("   ", None),
+        ("garbage", None),
+        ("2018-13-45T00:00:00Z", None),
+        ("2018-05-21T25:00:00Z", None),
+        (None, None),
+        (1526891740, None),
+    ],
+)
+def test_parse_time(text: Any, want: datetime | None) -> None:
+    """ARM timestamps give aware UTC datetimes; sentinels before 2002 and garbage give None."""
+    assert same_instant(parse_time(text), want)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("2332 MB", 2332 * MB),
+        ("11370 MB", 11370 * MB),
+        ("18266 MB", 18266 * MB),
+        ("7 MB", 7 * MB),
+        ("1.5 GB", 3 * GB // 2),
+        ("0 MB", 0),
+        ("junk", None),
+        ("", None),
+        ("MB", None),
+        ("-5 MB", None),
+        ("1,024 MB", None),
+        ("5 XB", None),
+        (None, None),
+    ],
+)
+def test_parse_size(text: Any, want: int | None) -> None:
+    """propertyBag sizes (`2332 MB`, binary units) give bytes; anything else gives None."""
+    assert parse_size(text) == want
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("Backup (Full)", ("Backup", "Full")),
+        ("Backup (Log)", ("Backup", "Log")),
+        ("Backup (Copy Only Full)", ("Backup", "Copy Only Full")),
+        ("Backup", ("Backup", "")),
+        ("ConfigureBackup", ("ConfigureBackup", "")),
+        ("Restore", ("Restore", "")),
+        ("DeleteBackupData", ("DeleteBackupData", "")),
+        ("  Backup  (Differential) ", ("Backup", "Differential")),
+        ("Cross Region Restore", ("Cross Region Restore", "")),
+    ],
+)
+def test_normalise_operation(raw: str, want: tuple[str, str]) -> None:
+    """Free-text operations split into the metric label and the detail in parentheses."""
+    assert normalise_operation(raw) == want
+
+
+@pytest.mark.parametrize(
+    ("arm_id", "want"),
+    [
+        (
+            "/Subscriptions/04cf684a-d41f-4550-9f70-7708a3a2283b/resourceGroups/phaniktRSV/providers/"
+            "Microsoft.RecoveryServices/vaults/phaniktRs1/backupJobs/a5e97e69-50d8-4861-886d-646522b81f52",
+            ("04cf684a-d41f-4550-9f70-7708a3a2283b", "phaniktRSV", "phaniktRs1"),
+        ),
+        (
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/Default-RG/providers/"
+            "microsoft.recoveryservices/vaults/abdemovault/backupJobs/7ddead57",
+            ("00000000-0000-0000-0000-000000000000", "Default-RG", "abdemovault"),
+        ),
+        (
+            "/SUBSCRIPTIONS/ABC/RESOURCEGROUPS/rg/PROVIDERS/MICROSOFT.RECOVERYSERVICES/VAULTS/v",
+            ("abc", "rg", "v"),
+        ),
+        ("subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v/", ("s", "rg", "v")),
+        pytest.param(
+            "/subscriptions/s/resourceGroups/vaults/providers/Microsoft.RecoveryServices/vaults/v/backupJobs/j",
+            ("s", "vaults", "v"),
+            id="resource-group-named-vaults",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="VaultRef.from_arm_id takes the first segment equal to 'vaults': a resource group "
+                "named 'vaults' gives vault name 'providers'",
+            ),
+        ),
+    ],
+)
+def test_vault_ref_from_arm_id(arm_id: str, want: tuple[str, str, str]) -> None:
+    """Vault ids parse case-insensitively (`/Subscriptions/`, lower-case provider, upper-case segments)."""
+    vault = VaultRef.from_arm_id(arm_id)
+    assert (vault.subscription_id.lower(), vault.resource_group, vault.name) == want
+
+
+def test_vault_ref_key_ignores_case() -> None:
+    """Two spellings of one vault id share a key."""
+    a = VaultRef.from_arm_id("/Subscriptions/ABC/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/V")
+    b = VaultRef.from_arm_id("/subscriptions/abc/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/v")
+    assert a.key == b.key
+
+
+@pytest.mark.parametrize(
+    "arm_id",
+    [
+        "",
+        "garbage",
+        "/subscriptions/s/resourceGroups/rg",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.DataProtection/backupVaults/v/backupJobs/j",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServicesBVTD/vaults/v/backupJobs/j",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults",
+    ],
+)
+def test_vault_ref_rejects_other_ids(arm_id: str) -> None:
+    """Ids that do not name a Microsoft.RecoveryServices vault raise ValueError."""
+    with pytest.raises(ValueError, match="not a Recovery Services vault id"):
+        VaultRef.from_arm_id(arm_id)

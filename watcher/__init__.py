@@ -1,0 +1,8 @@
+"""backup-watcher: Azure Backup jobs as Prometheus metrics and alerts."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("backup-watcher")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

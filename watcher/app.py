@@ -1,0 +1,312 @@
+"""Wiring and lifecycle: config -> store -> tracker -> client -> scheduler -> metrics -> HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from watcher import __version__
+from watcher.azure.auth import CLOUDS, TokenProvider, build_credential, management_endpoint
+from watcher.azure.client import ArmClient
+from watcher.azure.models import VaultRef
+from watcher.azure.ratelimit import Backoff, SubscriptionLimiter
+from watcher.config import Config, load_config, parse_listen
+from watcher.errors import ConfigError, WatcherError
+from watcher.logs import get_logger
+from watcher.metrics import Metrics
+from watcher.scheduler import Scheduler
+from watcher.sharding import shard_of
+from watcher.state import Tracker, VaultState
+from watcher.store import Store
+from watcher.web import create_app
+
+log = get_logger("backup_watcher")
+
+
+def owned_vaults(config: Config, shard: tuple[int, int] | None) -> list[VaultState]:
+    """The configured vaults this replica polls."""
+    out = []
+    for vault in config.vaults:
+        if (
+            shard is not None
+            and shard_of(vault.subscription_id, vault.resource_group, vault.name, shard[1]) != shard[0]
+        ):
+            continue
+        out.append(
+            VaultState(
+                ref=VaultRef(vault.subscription_id, vault.resource_group, vault.name),
+                discover=config.discovers(vault),
+                configured_jobs=tuple(vault.jobs),
+            )
+        )
+    return out
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The system trust store plus `ca_bundle`, when one is configured."""
+    if config.azure.ca_bundle is None:
+        return None
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(config.azure.ca_bundle))
+    return ctx
+
+
+@dataclass
+class AzureSide:
+    """The pieces that talk to Azure; rebuilt as one when a reload changes `azure` or `poll`."""
+
+    session: aiohttp.ClientSession
+    tokens: TokenProvider
+    client: ArmClient
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.tokens.close()
+
+
+def build_azure(config: Config, metrics: Metrics | None, limiter: SubscriptionLimiter) -> AzureSide:
+    """Session, credential, token cache and client for a config."""
+    credential = build_credential(config.azure)
+    tokens = TokenProvider(credential, CLOUDS[config.azure.cloud].scope)
+    connector = aiohttp.TCPConnector(
+        limit=config.poll.concurrency, ssl=ssl_context(config) or True, ttl_dns_cache=300
+    )
+    session = aiohttp.ClientSession(connector=connector, trust_env=True, raise_for_status=False)
+    client = ArmClient(
+        session=session,
+        tokens=tokens,
+        endpoint=management_endpoint(config.azure),
+        api_version=config.azure.api_version,
+        limiter=limiter,
+        backoff=Backoff(config.poll.backoff_initial, config.poll.backoff_max),
+        concurrency=config.poll.concurrency,
+        request_timeout=config.poll.request_timeout,
+        observer=metrics,
+    )
+    return AzureSide(session, tokens, client)
+
+
+@dataclass
+class Watcher:
+    """The daemon: start() it, stop() it; reload() swaps the config all-or-nothing."""
+
+    config: Config
+    config_path: str | None = None
+    shard: tuple[int, int] | None = None
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    clock: Callable[[], float] = time.time
+    listen: str | None = None
+    grace: float = 5.0
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(self.registry, __version__)
+        self.stop_event = asyncio.Event()
+        self.store: Store | None = None
+        self.tracker: Tracker | None = None
+        self.azure: AzureSide | None = None
+        self.scheduler: Scheduler | None = None
+        self._runner: web.AppRunner | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self.port: int | None = None
+        self.failure: BaseException | None = None
+
+    def _limiter(self, config: Config) -> SubscriptionLimiter:
+        return SubscriptionLimiter(
+            config.poll.ratelimit_burst, config.poll.ratelimit_per_second, on_remaining=self.metrics.remaining
+        )
+
+    async def start(self) -> None:
+        """Open the store, restore state, start serving and polling."""
+        self.store = Store.open(self.config.store.path)
+        try:
+            self.tracker = Tracker(self.store, clock=self.clock)
+            self.tracker.set_vaults(owned_vaults(self.config, self.shard))
+            self.metrics.watch(self.tracker.snapshot)
+            self.azure = build_azure(self.config, self.metrics, self._limiter(self.config))
+            self.scheduler = Scheduler(self.tracker, self.azure.client, self.config, clock=self.clock)
+            await self._serve()
+        except BaseException:
+            await self.close()
+            raise
+        self._loop_task = asyncio.create_task(self._guarded_loop(), name="scheduler")
+        log.info(
+            "watcher_started",
+            version=__version__,
+            vaults=len(self.tracker.vaults),
+            jobs=len(self.tracker.jobs),
+            listen=f"{self.listen_host}:{self.port}",
+            endpoint=self.azure.client.endpoint,
+            cloud=self.config.azure.cloud,
+            credential=self.config.azure.credential,
+            shard=f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
+            store=str(self.config.store.path),
+        )
+
+    @property
+    def listen_host(self) -> str:
+        return parse_listen(self.listen or self.config.http.listen)[0]
+
+    async def _serve(self) -> None:
+        assert self.tracker is not None
+        app = create_app(
+            registry=self.registry,
+            healthy=self.healthy,
+            ready=lambda: self.scheduler is not None and self.scheduler.ready,
+            jobs=self.tracker.api_jobs,
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = parse_listen(self.listen or self.config.http.listen)
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise WatcherError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        server = site._server  # aiohttp exposes the bound port only through the server's sockets
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    def healthy(self) -> bool:
+        return (
+            self.scheduler is not None
+            and self._loop_task is not None
+            and not self._loop_task.done()
+            and self.scheduler.healthy()
+        )
+
+    async def _guarded_loop(self) -> None:
+        assert self.scheduler is not None
+        try:
+            await self.scheduler.run(self.stop_event, grace=self.grace)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            # A crashed loop must not leave a daemon that serves stale metrics as if all were well.
+            self.failure = exc
+            log.exception("scheduler_crashed", error=str(exc))
+            self.stop_event.set()
+
+    async def wait(self) -> None:
+        """Until stop() is asked for (a signal) or the loop fails."""
+        await self.stop_event.wait()
+
+    async def reload(self, path: str | None = None) -> bool:
+        """Re-read the config; apply it whole, or keep the old one whole."""
+        source = path or self.config_path
+        if source is None:
+            return False
+        try:
+            new = load_config(source)
+            if str(new.store.path) != str(self.config.store.path):
+                raise ConfigError(
+                    source, [("store.path", "cannot change while running; restart to move the store")]
+                )
+            rebuild = new.azure != self.config.azure or new.poll != self.config.poll
+            azure = build_azure(new, self.metrics, self._limiter(new)) if rebuild else None
+        except WatcherError as exc:
+            self.metrics.config_reload_ok.set(0)
+            lines = exc.lines() if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("config_reload_failed", config=source, errors=lines)
+            return False
+        assert self.tracker is not None
+        assert self.scheduler is not None
+        old_azure = self.azure
+        if azure is not None:
+            self.azure = azure
+        self.config = new
+        removed = self.tracker.set_vaults(owned_vaults(new, self.shard))
+        self.scheduler.reconfigure(new, azure.client if azure else None)
+        self.metrics.forget_subscriptions(v.ref.subscription_id for v in self.tracker.vaults.values())
+        self.metrics.config_reload_ok.set(1)
+        if azure is not None and old_azure is not None:
+            # Requests still in flight on the old session finish within their timeout.
+            asyncio.get_running_loop().call_later(
+                new.poll.request_timeout + 1, lambda: asyncio.ensure_future(old_azure.close())
+            )
+        log.info(
+            "config_reloaded",
+            config=source,
+            vaults=len(self.tracker.vaults),
+            removed=[r.name for r in removed],
+        )
+        return True
+
+    async def stop(self) -> None:
+        """Stop intake, let in-flight requests finish within the grace period, close everything."""
+        self.stop_event.set()
+        if self._loop_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=self.grace + 2)
+            except TimeoutError:
+                self._loop_task.cancel()
+                await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.azure is not None:
+            await self.azure.close()
+            self.azure = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    config_path: str | None,
+    shard: tuple[int, int] | None = None,
+    listen: str | None = None,
+    on_started: Callable[[Watcher], Any] | None = None,
+    setup: Callable[[Watcher], Any] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads. Returns the process exit status."""
+    watcher = Watcher(config, config_path=config_path, shard=shard, listen=listen)
+    if setup is not None:
+        setup(watcher)
+    loop = asyncio.get_running_loop()
+    await watcher.start()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.ensure_future(watcher.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_stop(signame: str) -> None:
+        if not watcher.stop_event.is_set():
+            log.info("shutdown_requested", signal=signame)
+        watcher.stop_event.set()
+
+    loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
+    loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        if on_started is not None:
+            on_started(watcher)
+        await watcher.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await watcher.stop()
+    if watcher.failure is not None:
+        return 1
+    log.info("watcher_stopped")
+    return 0
+
+
+def default_store_dir() -> Path:
+    return Path.cwd()

@@ -1,0 +1,409 @@
+"""The Azure Resource Manager client for Backup jobs: one session, one retry loop, typed errors.
+
+Every request takes a token from its subscription's bucket and a slot of the process-wide concurrency
+bound, carries a cached bearer token, and is retried on 408, 429, 5xx, timeouts and dropped connections
+with backoff that never undercuts Azure's Retry-After. A 401 forces one token refresh and one retry.
+Every path segment we build is quoted; URLs Azure hands back (nextLink, Azure-AsyncOperation) are
+followed verbatim, but only on the configured management host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+
+from watcher.azure.auth import TokenProvider
+from watcher.azure.models import (
+    Job,
+    OperationStatus,
+    VaultRef,
+    parse_job,
+    parse_job_list,
+    parse_operation,
+)
+from watcher.azure.ratelimit import (
+    Backoff,
+    SubscriptionLimiter,
+    remaining_budget,
+    retry_after_seconds,
+)
+from watcher.errors import (
+    ApiVersionError,
+    AuthError,
+    AzureError,
+    BadRequestError,
+    BadResponseError,
+    ConnectionFailed,
+    ForbiddenError,
+    ForeignHostError,
+    NotFoundError,
+    RequestTimeout,
+    RetryableError,
+    ServerError,
+    ThrottledError,
+)
+from watcher.logs import get_logger, redact
+
+log = get_logger("backup_watcher.client")
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a list page of 200 jobs is well under 1 MB
+_SUPPORTED_VERSIONS = re.compile(r"supported (?:api-)?versions are '([^']*)'", re.IGNORECASE)
+_SUBSCRIPTION_IN_PATH = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
+
+
+class RequestObserver(Protocol):
+    """What the client tells the metrics about each request."""
+
+    def request_done(self, subscription_id: str, endpoint: str, code: str, seconds: float) -> None: ...
+
+    def throttled(self, subscription_id: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: Any
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """The documented `$filter` of a job listing: `field eq 'value'` clauses joined by ` and `."""
+
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    status: str | None = None
+    operation: str | None = None
+    backup_management_type: str | None = None
+
+    def render(self) -> str | None:
+        clauses = []
+        if self.start_time is not None or self.end_time is not None:
+            # The service takes both times together, written as in its own examples.
+            start = self.start_time or datetime(2000, 1, 1, tzinfo=UTC)
+            end = self.end_time or datetime.now(UTC)
+            clauses.append(f"startTime eq '{_filter_time(start)}'")
+            clauses.append(f"endTime eq '{_filter_time(end)}'")
+        for name, value in (
+            ("status", self.status),
+            ("operation", self.operation),
+            ("backupManagementType", self.backup_management_type),
+        ):
+            if value is not None:
+                if "'" in value:
+                    raise ValueError(f"a $filter value cannot contain a quote: {value!r}")
+                clauses.append(f"{name} eq '{value}'")
+        return " and ".join(clauses) or None
+
+
+def _filter_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %I:%M:%S %p")
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _code_of(body: Any) -> tuple[str | None, str]:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        err = body["error"]
+        return (str(err.get("code")) if err.get("code") else None, str(err.get("message") or ""))
+    return None, ""
+
+
+def subscription_of(url: str) -> str:
+    """The subscription an ARM URL belongs to, for its rate-limit bucket."""
+    m = _SUBSCRIPTION_IN_PATH.search(urlsplit(url).path)
+    return m.group(1).lower() if m else "-"
+
+
+class ArmClient:
+    """Talks to ARM for one cloud/endpoint with one credential."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        tokens: TokenProvider,
+        endpoint: str,
+        api_version: str,
+        limiter: SubscriptionLimiter,
+        backoff: Backoff,
+        concurrency: int = 16,
+        attempts: int = 4,
+        request_timeout: float = 30.0,
+        observer: RequestObserver | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.session = session
+        self.tokens = tokens
+        self.endpoint = endpoint.rstrip("/")
+        self.api_version = api_version
+        self.limiter = limiter
+        self.backoff = backoff
+        self.attempts = attempts
+        self.observer = observer
+        self.sleep = sleep
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=min(10.0, request_timeout))
+        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.requests_sent = 0
+        parts = urlsplit(self.endpoint)
+        self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+
+    # -- URLs -------------------------------------------------------------------------------
+
+    def vault_url(self, vault: VaultRef) -> str:
+        return (
+            f"{self.endpoint}/subscriptions/{_segment(vault.subscription_id)}"
+            f"/resourceGroups/{_segment(vault.resource_group)}"
+            f"/providers/Microsoft.RecoveryServices/vaults/{_segment(vault.name)}"
+        )
+
+    def job_url(self, vault: VaultRef, job_id: str) -> str:
+        query = urlencode({"api-version": self.api_version})
+        return f"{self.vault_url(vault)}/backupJobs/{_segment(job_id)}?{query}"
+
+    def list_url(self, vault: VaultRef, flt: JobFilter | None) -> str:
+        params = {"api-version": self.api_version}
+        rendered = flt.render() if flt else None
+        if rendered:
+            params["$filter"] = rendered
+        return f"{self.vault_url(vault)}/backupJobs?{urlencode(params, quote_via=quote)}"
+
+    def backup_operation_url(self, vault: VaultRef, operation_id: str) -> str:
+        query = urlencode({"api-version": self.api_version})
+        return f"{self.vault_url(vault)}/backupOperations/{_segment(operation_id)}?{query}"
+
+    def check_host(self, url: str) -> None:
+        """Refuse to send our token anywhere but the configured management endpoint."""
+        parts = urlsplit(url)
+        origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        if origin != self._origin:
+            shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            raise ForeignHostError(
+                f"refusing to follow {shown}: not the configured management endpoint {self.endpoint}"
+            )
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def get_job(self, vault: VaultRef, job_id: str) -> Job:
+        """GET one job."""
+        response = await self.request("get_job", self.job_url(vault, job_id))
+        job = parse_job(response.body)
+        if job.vault is None:
+            job = _with_vault(job, vault)
+        return job
+
+    async def list_jobs(self, vault: VaultRef, flt: JobFilter | None = None) -> AsyncIterator[list[Job]]:
+        """Pages of a vault's job listing, following `nextLink` verbatim until it is absent."""
+        url: str | None = self.list_url(vault, flt)
+        seen: set[str] = set()
+        while url is not None:
+            if url in seen:
+                raise BadResponseError("job listing's nextLink repeats a page already read")
+            seen.add(url)
+            self.check_host(url)
+            response = await self.request("list_jobs", url)
+            jobs, url = parse_job_list(response.body)
+            yield [job if job.vault is not None else _with_vault(job, vault) for job in jobs]
+
+    async def get_operation(self, url: str) -> tuple[OperationStatus, float | None]:
+        """One look at an operation: its status and Azure's Retry-After, if any."""
+        self.check_host(url)
+        response = await self.request("operation_status", url)
+        if response.status in (202, 204) and not response.body:
+            # operationResults answers 202/204 with no body; the status is not in it.
+            return OperationStatus(
+                operation_id="", status="InProgress" if response.status == 202 else "Succeeded"
+            ), (retry_after_seconds(response.headers))
+        return parse_operation(response.body), retry_after_seconds(response.headers)
+
+    async def wait_operation(
+        self,
+        url: str,
+        *,
+        give_up_after: float | None = None,
+        on_poll: Callable[[OperationStatus], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> OperationStatus:
+        """Poll an operation until Succeeded, Failed or Canceled, honouring Retry-After."""
+        self.check_host(url)
+        deadline = None if give_up_after is None else clock() + give_up_after
+        attempt = 0
+        while True:
+            status, retry_after = await self.get_operation(url)
+            if on_poll is not None:
+                on_poll(status)
+            if status.is_final:
+                return status
+            delay = max(retry_after if retry_after is not None else 0.0, self.backoff.delay(min(attempt, 3)))
+            attempt += 1
+            if deadline is not None:
+                left = deadline - clock()
+                if left <= 0:
+                    raise TimeoutError("the operation did not finish in time")
+                delay = min(delay, left)
+            await self.sleep(delay)
+
+    # -- the one retry loop -----------------------------------------------------------------
+
+    async def request(self, endpoint: str, url: str, *, method: str = "GET") -> ApiResponse:
+        """Send one logical request, retrying what is worth retrying; raise a typed AzureError."""
+        subscription = subscription_of(url)
+        attempt = 0
+        refreshed = False
+        while True:
+            try:
+                return await self._attempt(endpoint, url, method, subscription, refreshed)
+            except _Unauthorized as exc:
+                if refreshed:
+                    raise AuthError(
+                        f"ARM refused the token after a refresh (401 {exc.code or ''})".strip(),
+                        status=401,
+                        code=exc.code,
+                    ) from None
+                refreshed = True
+                await self.tokens.token(force_refresh=True, stale=exc.token)
+            except RetryableError as exc:
+                if isinstance(exc, ThrottledError):
+                    self.limiter.pause(
+                        subscription, exc.retry_after if exc.retry_after is not None else self.backoff.initial
+                    )
+                if attempt + 1 >= self.attempts:
+                    raise
+                delay = self.backoff.delay(attempt, exc.retry_after)
+                log.debug(
+                    "request_retry",
+                    endpoint=endpoint,
+                    reason=exc.reason,
+                    status=exc.status,
+                    attempt=attempt + 1,
+                    delay=round(delay, 3),
+                )
+                attempt += 1
+                await self.sleep(delay)
+
+    async def _attempt(
+        self, endpoint: str, url: str, method: str, subscription: str, refreshed: bool
+    ) -> ApiResponse:
+        await self.limiter.acquire(subscription)
+        token = await self.tokens.token()
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "x-ms-client-request-id": str(uuid.uuid4()),
+        }
+        started = time.perf_counter()
+        code = "error"
+        async with self._slots:
+            self.requests_sent += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                async with self.session.request(
+                    method, url, headers=headers, timeout=self.timeout, allow_redirects=False
+                ) as resp:
+                    code = str(resp.status)
+                    raw = await _read_limited(resp)
+                    response_headers = resp.headers
+                    status = resp.status
+            except TimeoutError as exc:
+                raise RequestTimeout(f"no answer from ARM within {self.timeout.total:g}s") from exc
+            except aiohttp.ClientConnectionError as exc:
+                raise ConnectionFailed(f"connection to ARM failed: {type(exc).__name__}: {exc}") from exc
+            except aiohttp.ClientError as exc:
+                raise ConnectionFailed(f"HTTP error talking to ARM: {type(exc).__name__}: {exc}") from exc
+            finally:
+                self.in_flight -= 1
+                if self.observer is not None:
+                    self.observer.request_done(subscription, endpoint, code, time.perf_counter() - started)
+
+        remaining = remaining_budget(response_headers)
+        if remaining is not None:
+            self.limiter.observe_remaining(subscription, remaining)
+        body = _decode(raw)
+        if 200 <= status < 300:
+            if status == 200 and body is None:
+                raise BadResponseError(f"ARM answered {status} with a body that is not JSON")
+            return ApiResponse(status, response_headers, body)
+        err_code, message = _code_of(body)
+        detail = f"{status} {err_code or ''}: {redact(message)[:500]}".strip()
+        retry_after = retry_after_seconds(response_headers)
+        if status == 401:
+            raise _Unauthorized(err_code, token)
+        if status == 429:
+            if self.observer is not None:
+                self.observer.throttled(subscription)
+            raise ThrottledError(detail, status=status, code=err_code, retry_after=retry_after)
+        if status == 408 or status >= 500:
+            raise ServerError(detail, status=status, code=err_code, retry_after=retry_after)
+        if status == 403:
+            raise ForbiddenError(detail, status=status, code=err_code)
+        if status == 404:
+            if err_code == "NoRegisteredProviderFound":
+                raise _api_version_error(detail, status, err_code, message, self.api_version)
+            raise NotFoundError(detail, status=status, code=err_code)
+        if err_code in ("InvalidApiVersionParameter", "NoRegisteredProviderFound"):
+            raise _api_version_error(detail, status, err_code, message, self.api_version)
+        raise BadRequestError(detail, status=status, code=err_code)
+
+
+class _Unauthorized(Exception):
+    def __init__(self, code: str | None, token: str) -> None:
+        super().__init__(code)
+        self.code = code
+        self.token = token
+
+
+def _api_version_error(detail: str, status: int, code: str, message: str, used: str) -> ApiVersionError:
+    m = _SUPPORTED_VERSIONS.search(message)
+    supported = [v.strip() for v in m.group(1).split(",") if v.strip()] if m else []
+    text = f"ARM does not accept api-version {used} ({code})"
+    if supported:
+        text += f"; it supports: {', '.join(supported)}"
+    else:
+        text += f": {detail}"
+    return ApiVersionError(text, status=status, code=code, supported=supported)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    chunks = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadResponseError(f"ARM response larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes) -> Any:
+    """JSON, or None for the empty bodies ARM sends with 202/204 (nothing, `""` or `{}`)."""
+    text = raw.decode("utf-8-sig", errors="replace").strip()
+    if not text:
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    return None if body in ("", {}) else body
+
+
+def _with_vault(job: Job, vault: VaultRef) -> Job:
+    return replace(job, vault=vault)
+
+
+__all__ = ["ApiResponse", "ArmClient", "AzureError", "JobFilter", "subscription_of"]

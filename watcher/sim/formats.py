@@ -1,0 +1,54 @@
+"""Time and duration text exactly as the Azure Backup service writes it.
+
+Times are .NET round-trip UTC strings with up to seven fractional digits, trailing zeros dropped
+(`2022-05-13T10:52:22.884816Z`). Durations are ISO 8601 as `XmlConvert` writes a TimeSpan
+(`PT20M23.0896697S`, `PT0S`), or the TimeSpan's own text (`00:20:23.0896697`) that older API
+versions and the REST documentation show. All arithmetic is in 100 ns ticks, the service's own unit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+TICKS_PER_SECOND = 10_000_000
+_TICKS_PER_MINUTE = 60 * TICKS_PER_SECOND
+_TICKS_PER_HOUR = 60 * _TICKS_PER_MINUTE
+_TICKS_PER_DAY = 24 * _TICKS_PER_HOUR
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+# What an operation that has not ended reports as its end time.
+UNSET_OPERATION_END = "0001-01-01T00:00:00"
+
+
+def ticks(seconds: float) -> int:
+    """Seconds (epoch or span) as whole 100 ns ticks."""
+    return round(seconds * TICKS_PER_SECOND)
+
+
+def format_time(epoch: float) -> str:
+    """An epoch time as the service writes it: `2017-08-03T05:31:07.014604Z`."""
+    whole, frac = divmod(ticks(epoch), TICKS_PER_SECOND)
+    stamp = (_EPOCH + dt.timedelta(seconds=whole)).strftime("%Y-%m-%dT%H:%M:%S")
+    digits = f"{frac:07d}".rstrip("0")
+    return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+
+
+def format_duration(seconds: float, *, timespan: bool = False) -> str:
+    """A span as ISO 8601 (`PT1M51.4104816S`), or as TimeSpan text (`00:01:51.4104816`)."""
+    total = max(ticks(seconds), 0)
+    days, rest = divmod(total, _TICKS_PER_DAY)
+    hours, rest = divmod(rest, _TICKS_PER_HOUR)
+    minutes, rest = divmod(rest, _TICKS_PER_MINUTE)
+    secs, frac = divmod(rest, TICKS_PER_SECOND)
+    if timespan:
+        text = (
+            f"{days}.{hours:02d}:{minutes:02d}:{secs:02d}"
+            if days
+            else f"{hours:02d}:{minutes:02d}:{secs:02d}"
+        )
+        return f"{text}.{frac:07d}" if frac else text
+    clock = (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if secs or frac or not (days or clock):
+        digits = f"{frac:07d}".rstrip("0")
+        clock += f"{secs}.{digits}S" if digits else f"{secs}S"
+    return "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")

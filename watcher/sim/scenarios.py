@@ -1,0 +1,261 @@
+"""Ready-made estates: the demo's small, lively one and the benchmark's large, uniform one.
+
+The demo (`demo_estate`) has four vaults in two subscriptions: IaaS VM backups (one completes, one
+with warnings, one fails, one is cancelled, a restore runs), a SQL workload (`Backup (Full)` and a
+`Backup (Log)` every minute, TimeSpan durations, one log backup in five failing with 510008), Azure
+Files shares, and MAB/DPM history. Yesterday's jobs are history; the first running ones end 10 to 40
+seconds after `now`, and recurring jobs start new instances every one to four minutes for as long as
+it runs.
+
+The benchmark (`bench_estate`) spreads vaults over four subscriptions; every job has started before
+`now` and ends at a uniformly random moment within `spread` seconds after it, mostly Completed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from watcher.sim.estate import SIM_NAMESPACE, Estate, RecurringJob, SimJob
+
+DEMO_SUBSCRIPTION = "8c2f4a1e-3b7d-4e9a-9f62-1d5c7b3e0a14"
+DEMO_DR_SUBSCRIPTION = "b71e9d04-6a2c-4f38-8e15-93c0d7a2f5b6"
+_DAY = 86400.0
+
+_VM = ("AzureIaaSVMJob", "AzureIaasVM")
+_SQL = ("AzureWorkloadJob", "AzureWorkload")
+_FILES = ("AzureStorageJob", "AzureStorage")
+_MAB = ("MabJob", "MAB")
+
+
+class _DemoBuilder:
+    """Adds demo jobs whose times are offsets from `now` and whose ids depend only on `now`."""
+
+    def __init__(self, estate: Estate, now: float) -> None:
+        self.estate = estate
+        self.now = now
+
+    def job(
+        self,
+        vault: tuple[str, str, str],
+        kind: tuple[str, str],
+        operation: str,
+        entity: str,
+        offset: float,
+        duration: float,
+        outcome: str = "Completed",
+        **extra: Any,
+    ) -> SimJob:
+        name = f"demo/{int(self.now)}/{vault[2]}/{operation}/{entity}/{offset}"
+        return SimJob(
+            subscription_id=vault[0],
+            resource_group=vault[1],
+            vault=vault[2],
+            job_id=str(uuid.uuid5(SIM_NAMESPACE, name)),
+            job_type=kind[0],
+            operation=operation,
+            entity=entity,
+            backup_management_type=kind[1],
+            start=self.now + offset,
+            duration=duration,
+            outcome=outcome,
+            **extra,
+        )
+
+    def add(self, *args: Any, **kwargs: Any) -> None:
+        self.estate.add(self.job(*args, **kwargs))
+
+    def every(self, seconds: float, outcomes: tuple[str, ...], *args: Any, **kwargs: Any) -> None:
+        self.estate.add_recurring(RecurringJob(self.job(*args, **kwargs), seconds, outcomes))
+
+
+def demo_estate(now: float | None = None) -> Estate:
+    """The demo's estate on wall-clock time, laid out around `now` (default: the present)."""
+    estate = Estate()
+    d = _DemoBuilder(estate, time.time() if now is None else now)
+    prod = (DEMO_SUBSCRIPTION, "rg-backup-prod", "vault-prod-weu")
+    sql = (DEMO_SUBSCRIPTION, "rg-backup-prod", "vault-sql")
+    files = (DEMO_SUBSCRIPTION, "rg-backup-files", "vault-files")
+    dr = (DEMO_DR_SUBSCRIPTION, "rg-dr", "vault-dr")
+
+    def vm(name: str) -> dict[str, Any]:
+        return {"container_name": f"iaasvmcontainerv2;rg-app-prod;{name}"}
+
+    d.add(prod, _VM, "ConfigureBackup", "vm-web-01", -3 * _DAY, 91.7816139, **vm("vm-web-01"))
+    d.add(
+        prod,
+        _VM,
+        "Backup",
+        "vm-web-01",
+        -_DAY - 1800,
+        1223.0896697,
+        size_mb=2332,
+        **vm("vm-web-01"),
+    )
+    d.add(prod, _VM, "Backup", "vm-web-02", -_DAY - 1500, 1845.3147, size_mb=11370, **vm("vm-web-02"))
+    d.add(prod, _VM, "Backup", "vm-app-01", -_DAY - 1200, 2475.1043325, "Failed", **vm("vm-app-01"))
+    d.add(prod, _VM, "Backup", "vm-web-01", -600, 620.4172, size_mb=2410, **vm("vm-web-01"))
+    d.add(
+        prod,
+        _VM,
+        "Backup",
+        "vm-web-02",
+        -300,
+        330.9,
+        "CompletedWithWarnings",
+        size_mb=11402,
+        **vm("vm-web-02"),
+    )
+    d.add(
+        prod,
+        _VM,
+        "Backup",
+        "vm-app-01",
+        -200,
+        236.2,
+        "Failed",
+        error_code=400160,
+        error_title="UserErrorVmProvisioningStateFailed",
+        **vm("vm-app-01"),
+    )
+    d.add(prod, _VM, "Backup", "vm-batch-01", -60, 73.5, "Cancelled", **vm("vm-batch-01"))
+    d.add(prod, _VM, "Restore", "vm-app-01", -120, 420.0, **vm("vm-app-01"))
+    d.every(
+        120,
+        ("Completed", "Completed", "CompletedWithWarnings", "Completed", "Failed"),
+        *(prod, _VM, "Backup", "vm-web-03", -100, 75.25),
+        size_mb=1650,
+        **vm("vm-web-03"),
+    )
+
+    sales = "SalesDb [sql-vm-01]"
+    log = {"timespan_duration": True}
+    d.add(sql, _SQL, "ConfigureBackup", "SalesDb", -5 * _DAY, 31.98, **log)
+    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY, 193.6439467, "Failed", **log)
+    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY + 3600, 412.77, size_mb=20, **log)
+    d.add(sql, _SQL, "Backup (Full)", sales, -380, 405.25, size_mb=1847, **log)
+    d.add(sql, _SQL, "Backup (Full)", "HRDb [sql-vm-01]", -50, 500.0, size_mb=912, **log)
+    d.every(
+        60,
+        ("Completed", "Completed", "Completed", "Completed", "Failed"),
+        *(sql, _SQL, "Backup (Log)", sales, -170, 22.5),
+        size_mb=3,
+        **log,
+    )
+
+    share = {"container_name": "StorageContainer;Storage;rg-files;stfinance01"}
+    d.add(files, _FILES, "Register", "stfinance01", -7 * _DAY, 10.1508246, **share)
+    d.add(files, _FILES, "ConfigureBackup", "finance", -7 * _DAY + 60, 41.8150821, **share)
+    d.add(files, _FILES, "Backup", "finance", -_DAY, 95.3, size_mb=512, **share)
+    d.add(files, _FILES, "Backup", "finance", -100, 138.6, size_mb=530, **share)
+    d.add(files, _FILES, "Backup", "hr-share", -20, 180.0, "Failed", **share)
+    d.every(
+        180,
+        ("Completed",),
+        *(files, _FILES, "Backup", "projects", -170, 45.0),
+        size_mb=240,
+        **share,
+    )
+
+    dr_vm = {"container_name": "iaasvmcontainerv2;rg-dr;vm-dr-01"}
+    d.add(
+        dr,
+        ("AzureIaaSVMJobV2", "AzureIaasVM"),
+        "Backup",
+        "vm-dr-01",
+        -1000,
+        1600.0,
+        size_mb=6140,
+        **dr_vm,
+    )
+    d.add(dr, _MAB, "Backup", "fileserver01", -_DAY / 2, 1834.0, "CompletedWithWarnings", size_mb=7800)
+    d.add(dr, ("DpmJob", "DPM"), "Backup", "dpm-sql-02", -_DAY / 2 - 600, 300.0, "Failed")
+    d.every(
+        240,
+        ("Completed", "CompletedWithWarnings"),
+        *(dr, _MAB, "Backup", "fileserver02", -200, 95.0),
+        size_mb=420,
+    )
+    return estate
+
+
+def demo_vaults(estate: Estate) -> list[dict[str, Any]]:
+    """Each vault with the ids of its jobs that exist now (newest first), shaped like config vaults."""
+    return [
+        {
+            "subscription_id": subscription_id,
+            "resource_group": resource_group,
+            "name": name,
+            "jobs": [job.job_id for job in estate.jobs_in(subscription_id, resource_group, name)],
+        }
+        for subscription_id, resource_group, name in estate.vaults()
+    ]
+
+
+def bench_estate(
+    vaults: int = 200,
+    jobs_per_vault: int = 50,
+    *,
+    now: float | None = None,
+    spread: float = 600.0,
+    clock: Callable[[], float] = time.time,
+) -> Estate:
+    """`vaults` x `jobs_per_vault` running jobs that all end within `spread` seconds after `now`."""
+    now = clock() if now is None else now
+    rng = random.Random(20260201)  # noqa: S311 - reproducible scenario data, not a secret
+    estate = Estate(clock)
+    subscriptions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(4)]
+    for v in range(vaults):
+        subscription_id = subscriptions[v % len(subscriptions)]
+        resource_group = f"rg-bench-{v % 20:02d}"
+        vault = f"vault-bench-{v:04d}"
+        estate.add_vault(subscription_id, resource_group, vault)
+        for j in range(jobs_per_vault):
+            start = now - rng.uniform(30.0, 3600.0)
+            end = now + rng.uniform(0.0, spread)
+            roll = rng.random()
+            outcome = (
+                "Completed"
+                if roll < 0.85
+                else "CompletedWithWarnings"
+                if roll < 0.92
+                else "Failed"
+                if roll < 0.98
+                else "Cancelled"
+            )
+            kind = rng.random()
+            if kind < 0.7:
+                job_type, management, operation = "AzureIaaSVMJob", "AzureIaasVM", "Backup"
+                entity = f"vm-{v:04d}-{j:02d}"
+                container = f"iaasvmcontainerv2;{resource_group};{entity}"
+            elif kind < 0.9:
+                job_type, management = "AzureWorkloadJob", "AzureWorkload"
+                operation = "Backup (Log)" if kind < 0.85 else "Backup (Full)"
+                entity = f"db{j:02d} [sqlvm-{v:04d}]"
+                container = ""
+            else:
+                job_type, management, operation = "AzureStorageJob", "AzureStorage", "Backup"
+                entity = f"share-{j:02d}"
+                container = f"StorageContainer;Storage;{resource_group};st{v:04d}"
+            estate.add(
+                SimJob(
+                    subscription_id=subscription_id,
+                    resource_group=resource_group,
+                    vault=vault,
+                    job_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    job_type=job_type,
+                    operation=operation,
+                    entity=entity,
+                    backup_management_type=management,
+                    start=start,
+                    duration=end - start,
+                    outcome=outcome,
+                    size_mb=rng.randint(100, 50_000),
+                    timespan_duration=job_type == "AzureWorkloadJob",
+                    container_name=container,
+                )
+            )
+    return estate

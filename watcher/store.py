@@ -1,0 +1,420 @@
+"""The SQLite state store: jobs, every status transition, per-item state and metric totals.
+
+WAL mode; every change is one transaction committed before the metrics or the log hear of it, so a
+killed process loses nothing it reported. The schema carries a version (`PRAGMA user_version`) and is
+brought up to date by the migrations below. One daemon writes a store at a time (an advisory lock
+file beside it); readers such as `backup-watcher history` open it read-only and need no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from watcher.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE jobs (
+            vault_key TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            subscription_id TEXT NOT NULL,
+            resource_group TEXT NOT NULL,
+            vault TEXT NOT NULL,
+            status TEXT NOT NULL,
+            operation TEXT NOT NULL DEFAULT '',
+            operation_detail TEXT NOT NULL DEFAULT '',
+            job_type TEXT NOT NULL DEFAULT '',
+            entity TEXT NOT NULL DEFAULT '',
+            backup_management_type TEXT NOT NULL DEFAULT '',
+            start_time REAL,
+            end_time REAL,
+            duration REAL,
+            size_bytes INTEGER,
+            detail TEXT NOT NULL DEFAULT '{}',
+            state TEXT NOT NULL DEFAULT 'active',
+            counted INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            first_seen REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (vault_key, job_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX jobs_by_state ON jobs (state, vault_key)",
+        """CREATE TABLE transitions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            vault_key TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            subscription_id TEXT NOT NULL,
+            resource_group TEXT NOT NULL,
+            vault TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            job_type TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            from_status TEXT,
+            to_status TEXT NOT NULL,
+            observed_at REAL NOT NULL,
+            job_start REAL,
+            job_end REAL
+        )""",
+        "CREATE INDEX transitions_by_job ON transitions (job_id, id)",
+        """CREATE TABLE items (
+            vault_key TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            operation TEXT NOT NULL,
+            subscription_id TEXT NOT NULL,
+            resource_group TEXT NOT NULL,
+            vault TEXT NOT NULL,
+            last_end REAL NOT NULL,
+            last_success REAL,
+            last_status_success INTEGER NOT NULL,
+            last_duration REAL,
+            size_bytes INTEGER,
+            size_at REAL,
+            PRIMARY KEY (vault_key, entity, operation)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE counters (
+            metric TEXT NOT NULL,
+            labels TEXT NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (metric, labels)
+        ) WITHOUT ROWID""",
+        "CREATE TABLE discovery (vault_key TEXT PRIMARY KEY, watermark REAL NOT NULL)",
+    ],
+}
+
+JOB_COLUMNS = (
+    "vault_key",
+    "job_id",
+    "subscription_id",
+    "resource_group",
+    "vault",
+    "status",
+    "operation",
+    "operation_detail",
+    "job_type",
+    "entity",
+    "backup_management_type",
+    "start_time",
+    "end_time",
+    "duration",
+    "size_bytes",
+    "detail",
+    "state",
+    "counted",
+    "last_error",
+    "first_seen",
+    "updated_at",
+)
+
+
+@dataclass(slots=True)
+class JobRow:
+    """A job as the store keeps it."""
+
+    vault_key: str
+    job_id: str
+    subscription_id: str
+    resource_group: str
+    vault: str
+    status: str
+    operation: str
+    operation_detail: str
+    job_type: str
+    entity: str
+    backup_management_type: str
+    start_time: float | None
+    end_time: float | None
+    duration: float | None
+    size_bytes: int | None
+    detail: str
+    state: str
+    counted: int
+    last_error: str | None
+    first_seen: float
+    updated_at: float
+
+    def values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, c) for c in JOB_COLUMNS)
+
+
+@dataclass(slots=True)
+class TransitionRow:
+    vault_key: str
+    job_id: str
+    subscription_id: str
+    resource_group: str
+    vault: str
+    operation: str
+    job_type: str
+    entity: str
+    from_status: str | None
+    to_status: str
+    observed_at: float
+    job_start: float | None
+    job_end: float | None
+
+
+@dataclass(slots=True)
+class ItemRow:
+    vault_key: str
+    entity: str
+    operation: str
+    subscription_id: str
+    resource_group: str
+    vault: str
+    last_end: float
+    last_success: float | None
+    last_status_success: int
+    last_duration: float | None
+    size_bytes: int | None
+    size_at: float | None
+
+
+ITEM_COLUMNS = tuple(f.name for f in fields(ItemRow))
+
+
+@dataclass
+class Batch:
+    """Everything one change writes, in one transaction."""
+
+    jobs: list[JobRow]
+    transitions: list[TransitionRow]
+    items: list[ItemRow]
+    counters: list[tuple[str, str, float]]  # (metric, labels json, increment)
+
+
+class Store:
+    """A SQLite file of jobs, transitions, items and totals."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int | None) -> None:
+        self.conn = conn
+        self.path = path
+        self._lock_fd = lock_fd
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, read_only: bool = False) -> Store:
+        """Open (creating and migrating if needed) or, read-only, just open."""
+        db = Path(path)
+        lock_fd = None
+        try:
+            if read_only:
+                if not db.is_file():
+                    raise StoreError(f"state store {db} does not exist")
+                conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+            else:
+                db.parent.mkdir(parents=True, exist_ok=True)
+                lock_fd = _lock(db)
+                conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL survives a killed process (the WAL is in the OS cache); only power loss could drop
+                # the newest commits, and even then the file stays consistent.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            conn.row_factory = sqlite3.Row
+            store = cls(conn, db, lock_fd)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"state store {db} has schema version {version}, newer than this backup-watcher "
+                    f"understands ({SCHEMA_VERSION}); upgrade backup-watcher or use another store.path"
+                )
+            if read_only:
+                if version < SCHEMA_VERSION:
+                    raise StoreError(
+                        f"state store {db} has an old schema ({version}); run the daemon once to migrate"
+                    )
+            else:
+                store._migrate(version)
+            conn.execute("SELECT count(*) FROM jobs").fetchone()
+            return store
+        except sqlite3.DatabaseError as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise StoreError(f"cannot use state store {db}: {exc}") from exc
+        except OSError as exc:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise StoreError(f"cannot use state store {db}: {exc.strerror or exc}") from exc
+
+    def _migrate(self, current: int) -> None:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self._tx():
+                for statement in MIGRATIONS[version]:
+                    self.conn.execute(statement)
+                if version == 1:
+                    self.conn.execute(
+                        "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
+                        (str(time.time()),),
+                    )
+                self.conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"state store {self.path} is busy: {exc}") from exc
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # -- reading ----------------------------------------------------------------------------
+
+    @property
+    def created_at(self) -> float:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()
+        return float(row[0]) if row else time.time()
+
+    def jobs(self, states: Iterable[str] | None = None) -> list[JobRow]:
+        sql = f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs"  # noqa: S608 - fixed column names
+        args: tuple[Any, ...] = ()
+        if states is not None:
+            wanted = list(states)
+            sql += f" WHERE state IN ({', '.join('?' for _ in wanted)})"
+            args = tuple(wanted)
+        return [JobRow(*row) for row in self.conn.execute(sql, args)]
+
+    def items(self) -> list[ItemRow]:
+        cols = ", ".join(ITEM_COLUMNS)
+        return [ItemRow(*row) for row in self.conn.execute(f"SELECT {cols} FROM items")]  # noqa: S608 - fixed names
+
+    def counters(self) -> list[tuple[str, str, float]]:
+        return [(r[0], r[1], r[2]) for r in self.conn.execute("SELECT metric, labels, value FROM counters")]
+
+    def watermark(self, vault_key: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT watermark FROM discovery WHERE vault_key = ?", (vault_key,)
+        ).fetchone()
+        return float(row[0]) if row else None
+
+    def transitions(self, job_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT id, job_id, subscription_id, resource_group, vault, operation, job_type, entity, "
+            "from_status, to_status, observed_at, job_start, job_end FROM transitions"
+        )
+        args: list[Any] = []
+        if job_id is not None:
+            sql += " WHERE lower(job_id) = lower(?)"
+            args.append(job_id)
+        sql += " ORDER BY id"
+        if limit is not None:
+            sql = f"SELECT * FROM ({sql[: -len(' ORDER BY id')]} ORDER BY id DESC LIMIT ?) ORDER BY id"  # noqa: S608 - no user text
+            args.append(limit)
+        return [dict(row) for row in self.conn.execute(sql, args)]
+
+    def all_transitions(self) -> list[tuple[str, str, str | None, str, float]]:
+        """(vault_key, job_id, from, to, observed_at) of every transition, oldest first."""
+        rows = self.conn.execute(
+            "SELECT vault_key, job_id, from_status, to_status, observed_at FROM transitions ORDER BY id"
+        )
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Commit one batch of changes atomically."""
+        try:
+            with self._tx():
+                if batch.jobs:
+                    placeholders = ", ".join("?" for _ in JOB_COLUMNS)
+                    self.conn.executemany(
+                        f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) "  # noqa: S608 - fixed names
+                        f"VALUES ({placeholders})",
+                        [job.values() for job in batch.jobs],
+                    )
+                if batch.transitions:
+                    self.conn.executemany(
+                        "INSERT INTO transitions (vault_key, job_id, subscription_id, resource_group, vault, "
+                        "operation, job_type, entity, from_status, to_status, observed_at, "
+                        "job_start, job_end) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                t.vault_key,
+                                t.job_id,
+                                t.subscription_id,
+                                t.resource_group,
+                                t.vault,
+                                t.operation,
+                                t.job_type,
+                                t.entity,
+                                t.from_status,
+                                t.to_status,
+                                t.observed_at,
+                                t.job_start,
+                                t.job_end,
+                            )
+                            for t in batch.transitions
+                        ],
+                    )
+                if batch.items:
+                    cols = ITEM_COLUMNS
+                    self.conn.executemany(
+                        # Fixed column names, values bound as parameters.
+                        f"INSERT OR REPLACE INTO items ({', '.join(cols)}) "  # noqa: S608
+                        f"VALUES ({', '.join('?' for _ in cols)})",
+                        [tuple(getattr(i, c) for c in cols) for i in batch.items],
+                    )
+                if batch.counters:
+                    self.conn.executemany(
+                        "INSERT INTO counters (metric, labels, value) VALUES (?, ?, ?) "
+                        "ON CONFLICT (metric, labels) DO UPDATE SET value = value + excluded.value",
+                        batch.counters,
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+
+    def set_watermark(self, vault_key: str, watermark: float) -> None:
+        try:
+            with self._tx():
+                self.conn.execute(
+                    "INSERT INTO discovery (vault_key, watermark) VALUES (?, ?) "
+                    "ON CONFLICT (vault_key) DO UPDATE SET watermark = excluded.watermark",
+                    (vault_key, watermark),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+
+
+def labels_key(labels: dict[str, str]) -> str:
+    """A stable text form of a label set, for the counters table."""
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"))
+
+
+def _lock(db: Path) -> int:
+    lock_path = db.with_name(db.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(
+            f"state store {db} is locked by another running backup-watcher "
+            f"(lock file {lock_path}); give each watcher its own store.path"
+        ) from None
+    return fd
