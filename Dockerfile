@@ -53,7 +53,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     && /opt/venv/bin/python -m pip install --no-cache-dir --no-index --find-links=/wheels \
         --requirement=/wheels/requirements.lock backup-watcher \
     && /opt/venv/bin/python -m pip check \
-    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip
+    && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # A fixed numeric user, so that Kubernetes' runAsNonRoot can verify it and volume ownership is
 # predictable. -l: no lastlog/faillog entry, which would be a large sparse file for a high UID.
@@ -64,7 +64,8 @@ RUN groupadd --gid 10001 backup-watcher \
 
 # The root filesystem may be read-only: bytecode was compiled at install time and is never
 # written at run time; state lives in the volume below, which is also the working directory, so
-# the default relative store.path lands there; TMPDIR is /tmp, which must then be a tmpfs
+# a relative store.path lands there (`demo` keeps its store under TMPDIR unless
+# WATCHER_STORE_PATH names one); TMPDIR is /tmp, which must then be a tmpfs
 # (docker run --tmpfs /tmp) or an emptyDir (Kubernetes).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

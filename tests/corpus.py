@@ -11,7 +11,7 @@ The corpus holds real response bodies in three shapes (see its SOURCES.md):
 `swagger-excerpt-*.json` (schemas, not traffic) and `*.md` are not bodies. Any other file kind makes
 the loader raise `CorpusFormatError`, so a new file can never be skipped silently.
 
-Public API (import it as `import corpus`; `tests/` is on `sys.path` under pytest's default import mode):
+Public API (`from tests import corpus`; pyproject puts the repository root on pytest's `pythonpath`):
 
 * `CORPUS`: where the corpus is: env `BACKUP_WATCHER_CORPUS`, else `shared/azure-corpus` beside the
   checkout (`Path(__file__).resolve().parents[1].parent`).
@@ -20,6 +20,9 @@ Public API (import it as `import corpus`; `tests/` is on `sys.path` under pytest
   Idents read like `recordings/ps-TestGetJobsTimeFilter-2016__01.json#value[3]` or
   `2017-07-01/Common/ListJobs.json#responses/200/value[1]`.
 * `get_body(ident)`: the body with that ident (call it inside a test).
+* `is_job_body`, `is_operation_body`, `is_list_body`: the rules the iterators above sort bodies by
+  (a job has `properties.jobType`; an operation has `status` and is no job; a list has `value[]`).
+* `data_files()`: the relative paths of every body-bearing file; `require_corpus()`: the directory.
 * `load_http(path)`: `(status, headers, body)` of a docs `.http` capture.
 * `params(source)`: `pytest.param(ident, body, id=ident)` for each pair of `source()`, to parametrize.
 
@@ -259,9 +262,8 @@ def _child(ident: str, fragment: str) -> str:
     return f"{ident}/{fragment}" if "#" in ident else f"{ident}#{fragment}"
 
 
-def iter_job_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every job body: GET bodies and the job items of list pages."""
-    for response in iter_responses():
+def _job_pairs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for response in _all_responses(_root()):
         if is_job_body(response.body):
             yield response.ident, response.body
         elif is_list_body(response.body):
@@ -270,31 +272,39 @@ def iter_job_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
                     yield _child(response.ident, f"value[{i}]"), item
 
 
+def _copies(pairs: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    for ident, body in pairs:
+        yield ident, copy.deepcopy(body)
+
+
+def iter_job_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every job body: GET bodies and the job items of list pages."""
+    return _copies(_job_pairs())
+
+
 def iter_operation_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
     """Every operation-status body (operationsStatus / backupOperations answers, examples, docs)."""
-    for response in iter_responses():
-        if is_operation_body(response.body):
-            yield response.ident, response.body
+    return _copies((r.ident, r.body) for r in _all_responses(_root()) if is_operation_body(r.body))
 
 
 def iter_list_bodies() -> Iterator[tuple[str, dict[str, Any]]]:
     """Every list page (`backupJobs` list answers)."""
-    for response in iter_responses():
-        if is_list_body(response.body):
-            yield response.ident, response.body
+    return _copies((r.ident, r.body) for r in _all_responses(_root()) if is_list_body(r.body))
+
+
+@functools.cache
+def _by_ident(root: Path) -> dict[str, Any]:
+    bodies = {r.ident: r.body for r in _all_responses(root)}
+    bodies.update(_job_pairs())
+    return bodies
 
 
 def get_body(ident: str) -> Any:
     """The body of the response, or the list item, named by `ident` (call inside a test)."""
-    require_corpus()
-    for source in (iter_job_bodies, iter_operation_bodies, iter_list_bodies):
-        for found, body in source():
-            if found == ident:
-                return body
-    for response in iter_responses():
-        if response.ident == ident:
-            return response.body
-    raise KeyError(f"no body {ident!r} in the corpus at {CORPUS}")
+    bodies = _by_ident(require_corpus())
+    if ident not in bodies:
+        raise KeyError(f"no body {ident!r} in the corpus at {CORPUS}")
+    return copy.deepcopy(bodies[ident])
 
 
 def params(source: Callable[[], Iterable[tuple[str, Any]]]) -> list[Any]:

@@ -245,10 +245,13 @@ exec chroot --userspec="$user" --groups="${user#*:}" "$root" \
     /usr/bin/env -i -C "$workdir" "$@"
 EOF
 
+# As `docker run -e WATCHER_STORE_PATH=... IMAGE demo --listen ...`: the demo keeps its store
+# in a fresh temporary directory unless told otherwise.
+run_env=("${image_env[@]}" "WATCHER_STORE_PATH=$volume/state.sqlite3")
 log "running ${image_entrypoint[*]} demo --listen 0.0.0.0:$listen_port as $uid:$gid, read-only root"
 unshare --mount --net --propagation private -- bash "$work/enter.sh" \
     "$root" "$state" "$volume" "$uid:$gid" "$image_workdir" \
-    "${image_env[@]}" "${image_entrypoint[@]}" demo --listen "0.0.0.0:$listen_port" \
+    "${run_env[@]}" "${image_entrypoint[@]}" demo --listen "0.0.0.0:$listen_port" \
     >"$work/watcher.log" 2>&1 &
 pid=$!
 
@@ -257,13 +260,16 @@ show_log() { echo "--- watcher output (last 40 lines)" >&2; tail -n 40 "$work/wa
 in_container() { nsenter --target "$pid" --net "$@"; }
 probe() {
     # probe PATH EXPECTED_SUBSTRING TIMEOUT_SECONDS: GET until 200 (and the body has the text).
-    in_container python3 - "$listen_port" "$@" <<'EOF'
-import sys, time, urllib.error, urllib.request
+    in_container python3 - "$pid" "$listen_port" "$@" <<'EOF'
+import os, sys, time, urllib.error, urllib.request
 
-port, path, expected, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+pid, port, path, expected = sys.argv[1:5]
+timeout = float(sys.argv[5])
 deadline = time.monotonic() + timeout
 last = "no answer"
 while time.monotonic() < deadline:
+    if not os.path.exists(f"/proc/{pid}"):
+        sys.exit(f"GET {path}: the watcher has exited")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
             body = answer.read().decode()

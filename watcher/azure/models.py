@@ -8,10 +8,11 @@ job at all is refused.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,6 +27,8 @@ _STATUS_BY_LOWER = {s.lower(): s for s in KNOWN_STATUSES} | {"canceled": "Cancel
 OPERATION_FINAL = frozenset({"Succeeded", "Failed", "Canceled"})
 
 _NO_TIME_BEFORE_YEAR = 2002  # 0001-01-01 and 2001-01-01 mean "not ended yet"
+_MAX_FIELD = 64  # longer durations or sizes are garbage; refuse them before parsing
+_MAX_DURATION = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +49,19 @@ class VaultRef:
         """Parse `/subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/V[/...]`."""
         parts = [unquote(p) for p in arm_id.strip("/").split("/")]
         lower = [p.lower() for p in parts]
-        try:
-            sub = parts[lower.index("subscriptions") + 1]
-            rg = parts[lower.index("resourcegroups") + 1]
-            vault = parts[lower.index("vaults") + 1]
-        except (ValueError, IndexError):
-            raise ValueError(f"not a Recovery Services vault id: {arm_id!r}") from None
-        if "microsoft.recoveryservices" not in lower:
+        # /subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/V: read by
+        # position, so a resource group or vault that happens to be called "vaults" still parses.
+        if (
+            len(parts) < 8
+            or lower[0] != "subscriptions"
+            or lower[2] != "resourcegroups"
+            or lower[4] != "providers"
+            or lower[5] != "microsoft.recoveryservices"
+            or lower[6] != "vaults"
+            or not all(parts[i] for i in (1, 3, 7))
+        ):
             raise ValueError(f"not a Recovery Services vault id: {arm_id!r}")
+        sub, rg, vault = parts[1], parts[3], parts[7]
         return cls(sub.lower(), rg, vault)
 
 
@@ -166,14 +174,20 @@ def parse_duration(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
     text = value.strip()
-    if (m := _TIMESPAN.match(text)) is not None:
-        return int(m["d"] or 0) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"])
-    if (m := _ISO_DURATION.match(text)) is not None and text.upper() not in ("P", "PT"):
-        weeks, days, hours, minutes, seconds = (float(m[k] or 0) for k in ("w", "d", "h", "m", "s"))
-        return timedelta(
-            weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds
-        ).total_seconds()
-    return None
+    if len(text) > _MAX_FIELD:
+        return None
+    try:
+        if (m := _TIMESPAN.match(text)) is not None:
+            seconds = int(m["d"] or 0) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + float(m["s"])
+        elif (m := _ISO_DURATION.match(text)) is not None and text.upper() not in ("P", "PT"):
+            weeks, days, hours, minutes, secs = (float(m[k] or 0) for k in ("w", "d", "h", "m", "s"))
+            seconds = ((weeks * 7 + days) * 24 + hours) * 3600 + minutes * 60 + secs
+        else:
+            return None
+    except (OverflowError, ValueError):
+        return None
+    # Nothing runs for a century; anything longer is garbage, not a duration.
+    return seconds if math.isfinite(seconds) and seconds <= _MAX_DURATION else None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -199,21 +213,25 @@ def parse_size(value: Any) -> int | None:
     """`2332 MB` as bytes (Azure Backup's MB are 2^20 bytes)."""
     if not isinstance(value, str):
         return None
+    if len(value) > _MAX_FIELD:
+        return None
     m = _SIZE.match(value)
     if m is None:
         return None
-    return int(float(m.group(1)) * _SIZE_FACTOR[(m.group(2) or "B").upper()])
-
-
-_OPERATION = re.compile(r"^\s*(?P<base>[^()]*?)\s*\((?P<detail>[^()]*)\)\s*$")
+    size = float(m.group(1)) * _SIZE_FACTOR[(m.group(2) or "B").upper()]
+    return int(size) if math.isfinite(size) and size < 2**63 else None
 
 
 def normalise_operation(raw: str) -> tuple[str, str]:
     """`Backup (Full)` -> (`Backup`, `Full`); anything else unchanged with no detail."""
-    m = _OPERATION.match(raw)
-    if m is None or not m["base"]:
-        return raw.strip(), ""
-    return m["base"], m["detail"].strip()
+    text = raw.strip()
+    if not text.endswith(")") or text.count("(") != 1 or text.count(")") != 1:
+        return text, ""
+    base, _, detail = text[:-1].partition("(")
+    base = base.strip()
+    if not base:
+        return text, ""
+    return base, detail.strip()
 
 
 def normalise_status(raw: Any) -> str:
@@ -221,6 +239,11 @@ def normalise_status(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         return "Unknown"
     return _STATUS_BY_LOWER.get(raw.strip().lower(), raw.strip())
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON array, or nothing when the field is missing, null or not an array."""
+    return value if isinstance(value, list) else []
 
 
 def _text(value: Any) -> str:
@@ -266,7 +289,7 @@ def parse_job(body: Any) -> Job:
     bag: dict[str, str] = {}
     progress: float | None = None
     if isinstance(extended, dict):
-        for task in extended.get("tasksList") or []:
+        for task in _list(extended.get("tasksList")):
             if isinstance(task, dict):
                 tasks.append(
                     JobTask(
@@ -283,17 +306,15 @@ def parse_job(body: Any) -> Job:
             progress = float(pct)
 
     errors: list[JobError] = []
-    for err in props.get("errorDetails") or []:
+    for err in _list(props.get("errorDetails")):
         if isinstance(err, dict):
-            recs = err.get("recommendations") or []
+            recs = _list(err.get("recommendations"))
             errors.append(
                 JobError(
                     code=_text(err.get("errorCode")),
                     title=_text(err.get("errorTitle")),
                     message=_text(err.get("errorString")),
-                    recommendations=tuple(_text(r) for r in recs if r is not None)
-                    if isinstance(recs, list)
-                    else (),
+                    recommendations=tuple(_text(r) for r in recs if r is not None),
                 )
             )
 
@@ -343,7 +364,7 @@ def parse_operation(body: Any) -> OperationStatus:
         object_type = _text(props.get("objectType")) or None
         if isinstance(props.get("jobId"), str) and props["jobId"]:
             job_ids.append(props["jobId"])
-        for job in props.get("jobIds") or []:
+        for job in _list(props.get("jobIds")):
             if isinstance(job, str) and job and job not in job_ids:
                 job_ids.append(job)
     error = body.get("error")

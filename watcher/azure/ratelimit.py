@@ -93,10 +93,11 @@ class SubscriptionLimiter:
                 rate = self.rate(subscription_id)
                 bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * rate)
                 bucket.updated = now
-                if bucket.tokens >= 1.0:
-                    bucket.tokens -= 1.0
+                # The epsilon keeps float rounding from turning the last sliver into an endless wait.
+                if bucket.tokens >= 1.0 - 1e-9:
+                    bucket.tokens = max(0.0, bucket.tokens - 1.0)
                     return
-                await self.clock.sleep((1.0 - bucket.tokens) / rate)
+                await self.clock.sleep(max((1.0 - bucket.tokens) / rate, 1e-3))
 
     def pause(self, subscription_id: str, seconds: float) -> None:
         """Hold every request to this subscription for `seconds` (a 429's Retry-After)."""

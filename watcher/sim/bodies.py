@@ -11,12 +11,13 @@ default error details are illustrative.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
 from watcher.sim.estate import SIM_NAMESPACE, SimJob, SimOperation
 from watcher.sim.filters import normalise_operation
-from watcher.sim.formats import UNSET_OPERATION_END, format_duration, format_time
+from watcher.sim.formats import UNSET_OPERATION_END, format_bag_time, format_duration, format_time
 
 JOBS_TYPE = "Microsoft.RecoveryServices/vaults/backupJobs"
 
@@ -26,6 +27,9 @@ _UNRECORDED_TYPES = ("AzureIaaSVMJobV2", "DpmJob", "MabJob", "VaultJob")
 _NO_ACTIONS = ("ConfigureBackup", "DeleteBackupData", "DisableBackup", "Register", "UnRegister")
 # The share of a VM backup spent taking the snapshot before data moves to the vault.
 _SNAPSHOT_SHARE = 0.25
+# A VM recovery point is kept this many days after the day of its backup (midnight UTC).
+_RETENTION_DAYS = 30
+_DAY = 86400.0
 
 _RETRY_LATER = (
     "Please retry the operation in a few minutes. If the problem persists, please contact Microsoft Support.",
@@ -129,7 +133,7 @@ def job_body(
     props["startTime"] = format_time(job.start)
     if finished:
         props["endTime"] = format_time(job.end)
-    props["activityId"] = str(uuid.uuid5(SIM_NAMESPACE, f"activity/{job.job_id}"))
+    props["activityId"] = _activity_id(job.job_id)
     return {
         "id": job_id_path(job, subscriptions),
         "name": job.job_id,
@@ -153,6 +157,11 @@ def operation_body(op: SimOperation, now: float) -> dict[str, Any]:
     if status == "Failed":
         body["error"] = {"code": op.error_code, "message": op.error_message}
     return body
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _activity_id(job_id: str) -> str:
+    return str(uuid.uuid5(SIM_NAMESPACE, f"activity/{job_id}"))
 
 
 def _family(job: SimJob) -> str:
@@ -196,7 +205,8 @@ def _type_fields(job: SimJob) -> dict[str, Any]:
             "workloadType": "FileFolder",
         }
     if job.job_type == "DpmJob":
-        return {"dpmServerName": "dpm01", "containerName": job.container_name, "workloadType": "VM"}
+        container = {"containerName": job.container_name} if job.container_name else {}
+        return {"dpmServerName": "dpm01", **container, "workloadType": "VM"}
     return {}
 
 
@@ -214,6 +224,8 @@ def _extended_info(job: SimJob, status: str, now: float, finished: bool) -> dict
     if job.job_type in _VM_TYPES:
         bag["VM Name"] = job.entity
         if operation == "Backup":
+            expiry = (job.start // _DAY + 1 + _RETENTION_DAYS) * _DAY
+            bag["Recovery Point Expiry Time in UTC"] = format_bag_time(expiry)
             snapshot, transfer = _vm_task_statuses(job, status, now, finished)
             tasks.append({"taskId": "Take Snapshot", "duration": task_duration, "status": snapshot})
             tasks.append({"taskId": "Transfer data to vault", "duration": task_duration, "status": transfer})
@@ -225,7 +237,7 @@ def _extended_info(job: SimJob, status: str, now: float, finished: bool) -> dict
             # The trailing space in "Recovery point time " is the service's own.
             bag["Job Type"] = "Recover disks"
             bag["Target Storage Account Name"] = f"{job.entity.replace('-', '')}restore"
-            bag["Recovery point time "] = format_time(job.start - 86400.0)
+            bag["Recovery point time "] = format_bag_time(job.start - _DAY)
     elif job.job_type == "AzureWorkloadJob":
         if operation == "Backup":
             tasks.append({"taskId": "Transfer data to vault", "status": _single_task_status(job, status)})

@@ -256,7 +256,7 @@ class Estate:
         """The vault's started jobs, newest first."""
         now = self.clock()
         v = self._current(subscription_id, resource_group, vault, now)
-        return list(self._started_newest_first(v, now, None)) if v else []
+        return [j for j in self._started_newest_first(v, now, None) if j.start <= now] if v else []
 
     def status_of(self, job: SimJob, now: float | None = None) -> str:
         """InProgress until the job's end, then its outcome; a Cancelled job is Cancelling first."""
@@ -293,7 +293,7 @@ class Estate:
             job = v.jobs.get(query.job_id)
             candidates: Iterator[SimJob] = iter([job] if job is not None else [])
         elif query.status is None:
-            candidates = self._started_newest_first(v, now, before)
+            candidates = self._started_newest_first(v, now, before, query.start_from, query.start_to)
         else:
             candidates = iter(sorted(self._with_status(v, query.status, now), key=sort_key, reverse=True))
         page: list[SimJob] = []
@@ -367,11 +367,11 @@ class Estate:
         """Cancel a running job: it is Cancelling at once and Cancelled a moment later.
 
         Returns the cancel operation, which succeeds when the job ends. Raise ValueError if the job
-        has already finished.
+        is not running.
         """
         now = self.clock()
-        if now >= job.end:
-            raise ValueError(f"job {job.job_id} has already finished")
+        if not job.start <= now < job.end:
+            raise ValueError(f"job {job.job_id} is not running")
         v = self._vaults[_key(job.subscription_id, job.resource_group, job.vault)]
         if job.outcome != "Cancelled" or self.status_of(job, now) != "Cancelling":
             v.by_end[job.outcome].remove(_end_key(job))
@@ -411,11 +411,21 @@ class Estate:
         return v
 
     @staticmethod
-    def _started_newest_first(v: _Vault, now: float, before: _Key | None) -> Iterator[SimJob]:
-        hi = bisect.bisect_left(v.by_start.keys, (ticks(now) + 1, ""))
+    def _started_newest_first(
+        v: _Vault,
+        now: float,
+        before: _Key | None,
+        start_from: float | None = None,
+        start_to: float | None = None,
+    ) -> Iterator[SimJob]:
+        """Started jobs by descending start, narrowed by binary search (callers still filter)."""
+        keys = v.by_start.keys
+        latest = now if start_to is None else min(now, start_to)
+        hi = bisect.bisect_left(keys, (ticks(latest) + 1, ""))
         if before is not None:
-            hi = min(hi, bisect.bisect_left(v.by_start.keys, before))
-        return (v.by_start.jobs[i] for i in range(hi - 1, -1, -1))
+            hi = min(hi, bisect.bisect_left(keys, before))
+        lo = 0 if start_from is None else bisect.bisect_left(keys, (ticks(start_from) - 1, ""))
+        return (v.by_start.jobs[i] for i in range(hi - 1, lo - 1, -1))
 
     def _with_status(self, v: _Vault, status: str, now: float) -> Iterator[SimJob]:
         """Jobs whose status is `status` now, from the end-sorted indexes."""

@@ -9,6 +9,7 @@ versions and the REST documentation show. All arithmetic is in 100 ns ticks, the
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 TICKS_PER_SECOND = 10_000_000
 _TICKS_PER_MINUTE = 60 * TICKS_PER_SECOND
@@ -25,6 +26,7 @@ def ticks(seconds: float) -> int:
     return round(seconds * TICKS_PER_SECOND)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # job start/end times are rendered on every poll
 def format_time(epoch: float) -> str:
     """An epoch time as the service writes it: `2017-08-03T05:31:07.014604Z`."""
     whole, frac = divmod(ticks(epoch), TICKS_PER_SECOND)
@@ -52,3 +54,13 @@ def format_duration(seconds: float, *, timespan: bool = False) -> str:
         digits = f"{frac:07d}".rstrip("0")
         clock += f"{secs}.{digits}S" if digits else f"{secs}S"
     return "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
+
+
+def format_bag_time(epoch: float) -> str:
+    """A time as propertyBag values write it (.NET en-US, UTC): `10/19/2017 7:11:28 AM`."""
+    moment = _EPOCH + dt.timedelta(seconds=int(epoch))
+    hour = moment.hour % 12 or 12
+    meridiem = "AM" if moment.hour < 12 else "PM"
+    return (
+        f"{moment.month}/{moment.day}/{moment.year} {hour}:{moment.minute:02d}:{moment.second:02d} {meridiem}"
+    )

@@ -85,66 +85,28 @@ def demo_estate(now: float | None = None) -> Estate:
         return {"container_name": f"iaasvmcontainerv2;rg-app-prod;{name}"}
 
     d.add(prod, _VM, "ConfigureBackup", "vm-web-01", -3 * _DAY, 91.7816139, **vm("vm-web-01"))
-    d.add(
-        prod,
-        _VM,
-        "Backup",
-        "vm-web-01",
-        -_DAY - 1800,
-        1223.0896697,
-        size_mb=2332,
-        **vm("vm-web-01"),
-    )
+    d.add(prod, _VM, "Backup", "vm-web-01", -_DAY - 1800, 1223.0896697, size_mb=2332, **vm("vm-web-01"))
     d.add(prod, _VM, "Backup", "vm-web-02", -_DAY - 1500, 1845.3147, size_mb=11370, **vm("vm-web-02"))
     d.add(prod, _VM, "Backup", "vm-app-01", -_DAY - 1200, 2475.1043325, "Failed", **vm("vm-app-01"))
     d.add(prod, _VM, "Backup", "vm-web-01", -600, 620.4172, size_mb=2410, **vm("vm-web-01"))
-    d.add(
-        prod,
-        _VM,
-        "Backup",
-        "vm-web-02",
-        -300,
-        330.9,
-        "CompletedWithWarnings",
-        size_mb=11402,
-        **vm("vm-web-02"),
-    )
-    d.add(
-        prod,
-        _VM,
-        "Backup",
-        "vm-app-01",
-        -200,
-        236.2,
-        "Failed",
-        error_code=400160,
-        error_title="UserErrorVmProvisioningStateFailed",
-        **vm("vm-app-01"),
-    )
+    warned = "CompletedWithWarnings"
+    d.add(prod, _VM, "Backup", "vm-web-02", -300, 330.9, warned, size_mb=11402, **vm("vm-web-02"))
+    provisioning = {"error_code": 400160, "error_title": "UserErrorVmProvisioningStateFailed"}
+    d.add(prod, _VM, "Backup", "vm-app-01", -200, 236.2, "Failed", **provisioning, **vm("vm-app-01"))
     d.add(prod, _VM, "Backup", "vm-batch-01", -60, 73.5, "Cancelled", **vm("vm-batch-01"))
     d.add(prod, _VM, "Restore", "vm-app-01", -120, 420.0, **vm("vm-app-01"))
-    d.every(
-        120,
-        ("Completed", "Completed", "CompletedWithWarnings", "Completed", "Failed"),
-        *(prod, _VM, "Backup", "vm-web-03", -100, 75.25),
-        size_mb=1650,
-        **vm("vm-web-03"),
-    )
+    vm_outcomes = ("Completed", "Completed", warned, "Completed", "Failed")
+    d.every(120, vm_outcomes, prod, _VM, "Backup", "vm-web-03", -100, 75.25, size_mb=1650, **vm("vm-web-03"))
 
     sales = "SalesDb [sql-vm-01]"
-    log = {"timespan_duration": True}
-    d.add(sql, _SQL, "ConfigureBackup", "SalesDb", -5 * _DAY, 31.98, **log)
-    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY, 193.6439467, "Failed", **log)
-    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY + 3600, 412.77, size_mb=20, **log)
-    d.add(sql, _SQL, "Backup (Full)", sales, -380, 405.25, size_mb=1847, **log)
-    d.add(sql, _SQL, "Backup (Full)", "HRDb [sql-vm-01]", -50, 500.0, size_mb=912, **log)
-    d.every(
-        60,
-        ("Completed", "Completed", "Completed", "Completed", "Failed"),
-        *(sql, _SQL, "Backup (Log)", sales, -170, 22.5),
-        size_mb=3,
-        **log,
-    )
+    timespan = {"timespan_duration": True}
+    d.add(sql, _SQL, "ConfigureBackup", "SalesDb", -5 * _DAY, 31.98, **timespan)
+    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY, 193.6439467, "Failed", **timespan)
+    d.add(sql, _SQL, "Backup (Full)", sales, -_DAY + 3600, 412.77, size_mb=20, **timespan)
+    d.add(sql, _SQL, "Backup (Full)", sales, -380, 405.25, size_mb=1847, **timespan)
+    d.add(sql, _SQL, "Backup (Full)", "HRDb [sql-vm-01]", -50, 500.0, size_mb=912, **timespan)
+    log_outcomes = ("Completed", "Completed", "Completed", "Completed", "Failed")
+    d.every(60, log_outcomes, sql, _SQL, "Backup (Log)", sales, -170, 22.5, size_mb=3, **timespan)
 
     share = {"container_name": "StorageContainer;Storage;rg-files;stfinance01"}
     d.add(files, _FILES, "Register", "stfinance01", -7 * _DAY, 10.1508246, **share)
@@ -152,33 +114,14 @@ def demo_estate(now: float | None = None) -> Estate:
     d.add(files, _FILES, "Backup", "finance", -_DAY, 95.3, size_mb=512, **share)
     d.add(files, _FILES, "Backup", "finance", -100, 138.6, size_mb=530, **share)
     d.add(files, _FILES, "Backup", "hr-share", -20, 180.0, "Failed", **share)
-    d.every(
-        180,
-        ("Completed",),
-        *(files, _FILES, "Backup", "projects", -170, 45.0),
-        size_mb=240,
-        **share,
-    )
+    d.every(180, ("Completed",), files, _FILES, "Backup", "projects", -170, 45.0, size_mb=240, **share)
 
+    vm_v2 = ("AzureIaaSVMJobV2", "AzureIaasVM")
     dr_vm = {"container_name": "iaasvmcontainerv2;rg-dr;vm-dr-01"}
-    d.add(
-        dr,
-        ("AzureIaaSVMJobV2", "AzureIaasVM"),
-        "Backup",
-        "vm-dr-01",
-        -1000,
-        1600.0,
-        size_mb=6140,
-        **dr_vm,
-    )
-    d.add(dr, _MAB, "Backup", "fileserver01", -_DAY / 2, 1834.0, "CompletedWithWarnings", size_mb=7800)
+    d.add(dr, vm_v2, "Backup", "vm-dr-01", -1000, 1600.0, size_mb=6140, **dr_vm)
+    d.add(dr, _MAB, "Backup", "fileserver01", -_DAY / 2, 1834.0, warned, size_mb=7800)
     d.add(dr, ("DpmJob", "DPM"), "Backup", "dpm-sql-02", -_DAY / 2 - 600, 300.0, "Failed")
-    d.every(
-        240,
-        ("Completed", "CompletedWithWarnings"),
-        *(dr, _MAB, "Backup", "fileserver02", -200, 95.0),
-        size_mb=420,
-    )
+    d.every(240, ("Completed", warned), dr, _MAB, "Backup", "fileserver02", -200, 95.0, size_mb=420)
     return estate
 
 

@@ -42,9 +42,8 @@ from urllib.parse import quote_plus, urlencode
 from aiohttp import web
 
 from watcher.sim.bodies import arm_error, job_body, operation_body
-from watcher.sim.estate import Estate, SimJob
+from watcher.sim.estate import Estate, SimJob, sort_key
 from watcher.sim.filters import FilterError, parse_filter
-from watcher.sim.formats import ticks
 
 SIM_TOKEN = "sim-token"  # noqa: S105 - the simulator's fixed bearer token, not a secret
 
@@ -117,13 +116,15 @@ _DISPLAY_TOP, _DISPLAY_SPAN = 299, 150
 
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
-    """One request the simulator answered (header names lower-case) and the status it answered."""
+    """One request the simulator answered (header names lower-case), its status and arrival time."""
 
     method: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
     status: int
+    # Wall-clock epoch seconds when the request arrived (real time, not the estate's clock).
+    time: float = 0.0
 
 
 @dataclass(slots=True)
@@ -182,7 +183,11 @@ class _TokenBucket:
 
 
 class Simulator:
-    """A running simulator: where it listens, the estate it serves and every request it answered."""
+    """A running simulator: where it listens, the estate it serves and every request it answered.
+
+    `requests` holds every answered request in order; set `max_recorded` to keep only about that
+    many of the newest (for a simulator left running for days).
+    """
 
     def __init__(
         self,
@@ -201,6 +206,8 @@ class Simulator:
         self.url = ""
         self.ca_file: str | None = None
         self.requests: list[RecordedRequest] = []
+        # None keeps every request (tests count them); long-running callers may bound the history.
+        self.max_recorded: int | None = None
         self._faults: list[_Fault] = []
         self._limit: tuple[int, float] | None = None
         self._buckets: dict[str, _TokenBucket] = {}
@@ -295,6 +302,7 @@ class Simulator:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Answer one request and record it."""
+        arrived = time.time()
         status = 500
         try:
             response = await self._answer(request)
@@ -310,8 +318,12 @@ class Simulator:
                     dict(request.query),
                     {k.lower(): v for k, v in request.headers.items()},
                     status,
+                    arrived,
                 )
             )
+            keep = self.max_recorded
+            if keep is not None and len(self.requests) > 2 * keep:
+                del self.requests[:-keep]  # trimmed in batches so recording stays O(1) on average
 
     async def _answer(self, request: web.Request) -> web.Response:
         segments = _segments(request.path)
@@ -457,62 +469,19 @@ class Simulator:
             )
         rest = segments[9:]
         words = [s.lower() for s in rest]
-        match request.method, words:
-            case "GET", ["backupjobs"]:
+        match _route_name(request.method, words):
+            case "list":
                 return self._list_jobs(vault, query, headers)
-            case "GET", ["backupjobs", _]:
+            case "job":
                 return self._get_job(vault, rest[1], headers)
-            case "POST", ["backupjobs", _, "cancel"]:
+            case "cancel":
                 return self._cancel_job(vault, rest[1], api_version, headers)
-            case (
-                ("GET", ["backupjobs", _, "operationsstatus", _])
-                | ("GET", ["backupoperations", _])
-                | (
-                    "GET",
-                    [
-                        "backupfabrics",
-                        _,
-                        "protectioncontainers",
-                        _,
-                        "protecteditems",
-                        _,
-                        "operationsstatus",
-                        _,
-                    ],
-                )
-            ):
-                return self._operation_status(vault, rest[-1], headers)
-            case (
-                ("GET", ["backupjobs", _, "operationresults", _])
-                | (
-                    "GET",
-                    ["backupoperationresults", _],
-                )
-                | (
-                    "GET",
-                    [
-                        "backupfabrics",
-                        _,
-                        "protectioncontainers",
-                        _,
-                        "protecteditems",
-                        _,
-                        "operationresults",
-                        _,
-                    ],
-                )
-            ):
-                return self._operation_result(request, vault, rest[-1], headers)
-            case "POST", [
-                "backupfabrics",
-                _,
-                "protectioncontainers",
-                _,
-                "protecteditems",
-                _,
-                "backup",
-            ]:
+            case "backup":
                 return self._trigger_backup(vault, rest[1], rest[3], rest[5], api_version, headers)
+            case "status":
+                return self._operation_status(vault, rest[-1], headers)
+            case "result":
+                return self._operation_result(request, vault, rest[-1], headers)
         kind = "/".join(["vaults", *words[:1]])
         raise _ArmError(
             404,
@@ -562,7 +531,7 @@ class Simulator:
             raise _ArmError(
                 400,
                 "BMSUserErrorJobNotCancellable",
-                f"Job '{job.job_id}' cannot be cancelled because it has already finished.",
+                f"Job '{job.job_id}' cannot be cancelled because it is not in progress.",
             ) from e
         base = f"{vault.url}/backupJobs/{job.job_id}"
         headers["Azure-AsyncOperation"] = (
@@ -708,6 +677,33 @@ async def start_simulator(
     return sim
 
 
+# Routes below a vault: (method, lower-case path segments with None for a name, route).
+_ITEM = ("backupfabrics", None, "protectioncontainers", None, "protecteditems", None)
+_ROUTES: tuple[tuple[str, tuple[str | None, ...], str], ...] = (
+    ("GET", ("backupjobs",), "list"),
+    ("GET", ("backupjobs", None), "job"),
+    ("POST", ("backupjobs", None, "cancel"), "cancel"),
+    ("POST", (*_ITEM, "backup"), "backup"),
+    ("GET", ("backupoperations", None), "status"),
+    ("GET", ("backupjobs", None, "operationsstatus", None), "status"),
+    ("GET", (*_ITEM, "operationsstatus", None), "status"),
+    ("GET", ("backupoperationresults", None), "result"),
+    ("GET", ("backupjobs", None, "operationresults", None), "result"),
+    ("GET", (*_ITEM, "operationresults", None), "result"),
+)
+
+
+def _route_name(method: str, words: list[str]) -> str | None:
+    for route_method, pattern, name in _ROUTES:
+        if (
+            route_method == method
+            and len(pattern) == len(words)
+            and all(p is None or p == w for p, w in zip(pattern, words, strict=True))
+        ):
+            return name
+    return None
+
+
 _DEFAULT_ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The request is invalid."),
     401: ("InvalidAuthenticationToken", "The access token is invalid."),
@@ -801,7 +797,8 @@ def _skiptoken(vault: _VaultRef, last: SimJob) -> str:
     """An opaque continuation token after `last`, in the XML form the service's tokens take."""
     vault_number = str(zlib.crc32(vault.url.lower().encode()))
     partition = base64.b64encode(vault_number.encode()).decode().replace("=", "-")
-    row_text = f"jobsstarttimeindex_0_{_MAX_TICKS - ticks(last.start)}_0_{last.job_id.lower()}"
+    start_ticks, job_key = sort_key(last)
+    row_text = f"jobsstarttimeindex_0_{_MAX_TICKS - start_ticks}_0_{job_key}"
     row = base64.b64encode(row_text.encode()).decode().replace("=", "-")
     lines = [
         '<?xml version="1.0" encoding="utf-16"?>',

@@ -1,0 +1,1 @@
+"""Benchmarks of backup-watcher against the simulator; see docs/performance.md."""

@@ -1,0 +1,421 @@
+"""Scheduling at scale: backoff, the subscription budget, concurrency, discovery and batched polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
+from watcher.app import build_azure, owned_vaults
+from watcher.azure.client import ArmClient
+from watcher.azure.models import VaultRef
+from watcher.azure.ratelimit import Backoff, SubscriptionLimiter, retry_after_seconds
+from watcher.config import Config
+from watcher.errors import ServerError, ThrottledError
+from watcher.scheduler import Scheduler
+from watcher.sim import Estate, SimJob, Simulator, start_simulator
+from watcher.state import Tracker
+from watcher.store import Store
+
+RG = "rg-sched"
+
+
+class FakeMonotonic:
+    """A monotonic clock whose sleep() only moves time forward and records what was asked."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.t += seconds
+        await asyncio.sleep(0)
+
+
+def _job(estate: Estate, n: int, vault: str, *, start: float, duration: float, outcome: str = "Completed",
+         sub: str = SUB) -> SimJob:
+    return estate.add(
+        SimJob(
+            subscription_id=sub,
+            resource_group=RG,
+            vault=vault,
+            job_id=f"00000000-0000-4000-9000-{n:012d}",
+            job_type="AzureIaaSVMJob",
+            operation="Backup",
+            entity=f"vm-{n}",
+            backup_management_type="AzureIaasVM",
+            start=start,
+            duration=duration,
+            outcome=outcome,
+        )
+    )
+
+
+@asynccontextmanager
+async def parts(config: Config) -> AsyncIterator[tuple[Scheduler, Tracker, ArmClient]]:
+    """Store, tracker, client and scheduler for a config, without the HTTP side or the loop."""
+    store = Store.open(config.store.path)
+    tracker = Tracker(store)
+    tracker.set_vaults(owned_vaults(config, None))
+    azure = build_azure(config, None, SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second))
+    try:
+        yield Scheduler(tracker, azure.client, config), tracker, azure.client
+    finally:
+        await azure.close()
+        store.close()
+
+
+def _vault(name: str, **extra: Any) -> dict[str, Any]:
+    return {"subscription_id": SUB, "resource_group": RG, "name": name, **extra}
+
+
+# -- backoff ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attempt", range(8))
+def test_backoff_stays_within_jittered_bounds(attempt: int) -> None:
+    """Each delay lies between backoff_initial and min(backoff_max, initial * 2^attempt), extremes included."""
+    low = Backoff(2.0, 300.0, rng=lambda a, b: a)
+    high = Backoff(2.0, 300.0, rng=lambda a, b: b)
+    ceiling = min(300.0, 2.0 * 2**attempt)
+    assert low.delay(attempt) == 2.0
+    assert high.delay(attempt) == ceiling
+    import random
+
+    rnd = random.Random(attempt)
+    jittered = Backoff(2.0, 300.0, rng=rnd.uniform)
+    for _ in range(50):
+        assert 2.0 <= jittered.delay(attempt) <= ceiling
+
+
+def test_backoff_never_undercuts_retry_after() -> None:
+    """A Retry-After longer than the jittered delay wins, even beyond backoff_max."""
+    backoff = Backoff(1.0, 10.0, rng=lambda a, b: a)
+    assert backoff.delay(0, retry_after=7.0) == 7.0
+    assert backoff.delay(0, retry_after=600.0) == 600.0
+    assert backoff.delay(5, retry_after=0.5) >= 1.0
+
+
+def test_retry_after_header_forms() -> None:
+    """Retry-After in seconds or as an HTTP date, retry-after-ms and x-ms-retry-after-ms are all read."""
+    assert retry_after_seconds({"retry-after": "30"}) == 30.0
+    assert retry_after_seconds({"retry-after-ms": "1500"}) == 1.5
+    assert retry_after_seconds({"x-ms-retry-after-ms": "250"}) == 0.25
+    date = retry_after_seconds({"retry-after": "Wed, 21 Oct 2037 07:28:00 GMT"}, now=2139722880.0 - 20)
+    assert date == pytest.approx(20.0)
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({}) is None
+
+
+async def test_client_retries_with_retry_after_and_no_real_sleep(sim: Simulator, estate: Estate, clock: FakeClock,
+                                                                 tmp_path: Path) -> None:
+    """503 twice with Retry-After: 3 -> two retries, each waiting at least 3 s (an injected sleep), then success."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=100)
+    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
+    sim.inject(503, path_contains=job.job_id, headers={"Retry-After": "3"}, times=2)
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with parts(config) as (_scheduler, _tracker, client):
+        client.sleep = fake_sleep
+        got = await client.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
+    assert got.status == "InProgress"
+    assert len(slept) == 2
+    assert all(s >= 3.0 for s in slept)
+
+
+async def test_client_gives_up_after_its_attempts(sim: Simulator, estate: Estate, clock: FakeClock, tmp_path: Path) -> None:
+    """A server that keeps failing yields a ServerError after the bounded attempts, not an endless loop."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=100)
+    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
+    sim.inject(500, path_contains=job.job_id, times=10)
+
+    async def no_sleep(_seconds: float) -> None:
+        return None
+
+    async with parts(config) as (_s, _t, client):
+        client.sleep = no_sleep
+        with pytest.raises(ServerError):
+            await client.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
+    gets = [r for r in sim.requests if job.job_id in r.path]
+    assert len(gets) == client.attempts
+
+
+# -- the subscription budget -------------------------------------------------------------------
+
+
+async def test_limiter_pause_holds_the_whole_subscription() -> None:
+    """After a 429 pause, every request to that subscription waits it out; another subscription does not."""
+    fake = FakeMonotonic()
+    limiter = SubscriptionLimiter(250, 25.0, clock=fake)
+    await limiter.acquire(SUB)
+    limiter.pause(SUB, 5.0)
+    start = fake.now()
+    await limiter.acquire(SUB2)
+    assert fake.now() == start
+    await limiter.acquire(SUB)
+    assert fake.now() - start >= 5.0
+
+
+async def test_limiter_bucket_refills_at_its_rate() -> None:
+    """A bucket of 10 at 5/s: 10 requests at once, then one every 0.2 s."""
+    fake = FakeMonotonic()
+    limiter = SubscriptionLimiter(10, 5.0, clock=fake)
+    for _ in range(10):
+        await limiter.acquire(SUB)
+    assert fake.sleeps == []
+    start = fake.now()
+    for _ in range(5):
+        await limiter.acquire(SUB)
+    assert fake.now() - start == pytest.approx(1.0)
+
+
+async def test_limiter_slows_when_azure_reports_a_low_budget() -> None:
+    """A remaining-reads header near zero slows the refill below the configured rate."""
+    fake = FakeMonotonic()
+    limiter = SubscriptionLimiter(250, 25.0, clock=fake)
+    limiter.observe_remaining(SUB, 5)
+    assert limiter.rate(SUB) < 25.0
+    for _ in range(5):
+        await limiter.acquire(SUB)
+    start = fake.now()
+    await limiter.acquire(SUB)
+    assert fake.now() - start > 1 / 25.0
+    limiter.observe_remaining(SUB, 240)
+    assert limiter.rate(SUB) == 25.0
+
+
+async def test_a_429_on_one_job_delays_every_request_to_its_subscription(tmp_path: Path) -> None:
+    """One job's 429 (Retry-After: 1) holds the other jobs of that subscription; the other subscription goes on."""
+    estate = Estate()
+    now = time.time()
+    a1 = _job(estate, 1, "vault-a", start=now - 5, duration=3600)
+    a2 = _job(estate, 2, "vault-a", start=now - 5, duration=3600)
+    b1 = _job(estate, 3, "vault-b", start=now - 5, duration=3600, sub=SUB2)
+    sim = await start_simulator(estate)
+    sim.inject(429, path_contains=a1.job_id, headers={"Retry-After": "1"}, times=1)
+    config = make_config(
+        sim.url,
+        [
+            _vault("vault-a", jobs=[a1.job_id, a2.job_id]),
+            {"subscription_id": SUB2, "resource_group": RG, "name": "vault-b", "jobs": [b1.job_id]},
+        ],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 30, "concurrency": 1},
+    )
+    try:
+        async with parts(config) as (scheduler, tracker, _client):
+            stamps: list[tuple[float, str, int]] = []
+            original = sim.requests
+
+            async with asyncio.timeout(10):
+                await scheduler.run_round()
+            del original
+            stamps = [(r.time, r.path, r.status) for r in sim.requests]  # type: ignore[attr-defined]
+            throttled_at = next(t for t, p, s in stamps if s == 429)
+            sub_a_after = [t for t, p, s in stamps if SUB in p and t > throttled_at]
+            sub_b = [t for t, p, s in stamps if SUB2 in p]
+            assert sub_a_after, "the throttled subscription was polled again"
+            assert min(sub_a_after) - throttled_at >= 0.95
+            assert tracker.known(VaultRef(SUB, RG, "vault-a"), a1.job_id).status == "InProgress"  # type: ignore[union-attr]
+            assert sub_b
+    finally:
+        await sim.close()
+
+
+# -- concurrency --------------------------------------------------------------------------------
+
+
+async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
+    """60 jobs, concurrency 4, a server that answers slowly: never more than 4 requests in flight at the server."""
+    with open(Path(__file__).resolve().parents[1].parent / "shared" / "azure-corpus" / "2017-07-01"
+              / "Common" / "GetJobDetails.json", encoding="utf-8") as f:
+        body = json.load(f)["responses"]["200"]["body"]
+    in_flight = 0
+    peak = 0
+    served = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak, served
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            served += 1
+            answer = dict(body, name=request.match_info["job"])
+            return web.json_response(answer)
+        finally:
+            in_flight -= 1
+
+    app = web.Application()
+    app.router.add_get(
+        "/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{v}/backupJobs/{job}",
+        handler,
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    jobs = [f"00000000-0000-4000-a000-{n:012d}" for n in range(60)]
+    config = make_config(
+        f"http://127.0.0.1:{port}", [_vault("vault-a", jobs=jobs)], tmp_path / "s.sqlite3",
+        poll={"concurrency": 4, "interval": 0.05},
+    )
+    try:
+        async with parts(config) as (scheduler, _tracker, _client):
+            await scheduler.run_round()
+    finally:
+        await runner.cleanup()
+    assert served == 60
+    assert peak == 4
+
+
+# -- discovery and batching ---------------------------------------------------------------------
+
+
+async def test_discovery_follows_pages_and_picks_up_new_jobs(tmp_path: Path) -> None:
+    """A discovering vault's 12 jobs over 5-job pages are all found; jobs started later are found next time."""
+    clock = FakeClock()
+    estate = Estate(clock=clock)
+    for n in range(12):
+        _job(estate, n, "vault-d", start=clock() - 3600 + n * 60, duration=7200)
+    sim = await start_simulator(estate, page_size=5)
+    config = make_config(sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3",
+                         discovery={"lookback": "1d"})
+    vault = VaultRef(SUB, RG, "vault-d")
+    try:
+        async with parts(config) as (scheduler, tracker, _client):
+            state = tracker.vaults[vault.key]
+            assert await scheduler.discover(state) == 12
+            listings = [r for r in sim.requests if r.path.lower().endswith("/backupjobs")]
+            assert len(listings) == 3
+            assert len(tracker.jobs) == 12
+            clock.advance(120)
+            _job(estate, 100, "vault-d", start=clock() - 30, duration=600)
+            _job(estate, 101, "vault-d", start=clock() - 10, duration=600)
+            assert await scheduler.discover(state) == 2
+            assert len(tracker.jobs) == 14
+            assert await scheduler.discover(state) == 0
+    finally:
+        await sim.close()
+
+
+async def test_batched_round_costs_one_listing_per_vault_plus_the_jobs_that_ended(tmp_path: Path) -> None:
+    """3 vaults x 20 unfinished jobs: a round is 3 listings; after 4 jobs end, 3 listings + 4 GETs."""
+    clock = FakeClock()
+    estate = Estate(clock=clock)
+    ids: dict[str, list[str]] = {}
+    n = 0
+    for vault in ("vault-1", "vault-2", "vault-3"):
+        ids[vault] = []
+        for i in range(20):
+            n += 1
+            # The first two jobs of vault-1 and vault-2 end after 100 s; the rest run for hours.
+            duration = 100 if i < 2 and vault != "vault-3" else 36000
+            ids[vault].append(_job(estate, n, vault, start=clock() - 50, duration=duration).job_id)
+    sim = await start_simulator(estate)
+    config = make_config(sim.url, [_vault(v, jobs=j) for v, j in ids.items()], tmp_path / "s.sqlite3",
+                         poll={"interval": 0.01})
+    try:
+        async with parts(config) as (scheduler, tracker, _client):
+            first = await scheduler.run_round()
+            assert first.requests == 60  # never seen: one GET each to learn start times
+            before = len(sim.requests)
+            steady = await scheduler.run_round()
+            assert steady.requests == 3
+            assert len(sim.requests) - before == 3
+            assert all("status eq 'InProgress'" in r.query.get("$filter", "") for r in sim.requests[before:])
+            clock.advance(100)
+            ended = await scheduler.run_round()
+            assert ended.requests == 3 + 4
+            finished = [tj for tj in tracker.jobs.values() if tj.state == "final"]
+            assert len(finished) == 4
+            assert {tj.status for tj in finished} == {"Completed"}
+    finally:
+        await sim.close()
+
+
+async def test_rounds_do_not_drift(tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock) -> None:
+    """With an interval of 0.3 s, rounds start on the interval grid even though each takes time."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3",
+                         poll={"interval": 0.3})
+    async with running_watcher(config) as watcher:
+        assert watcher.scheduler is not None
+        scheduler = watcher.scheduler
+        await wait_for(lambda: scheduler.rounds >= 6, timeout=5)
+    starts = [r.time for r in sim.requests]  # type: ignore[attr-defined]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # Each gap is one interval (spread jitter within half an interval at most); no accumulating lag.
+    assert all(0.1 <= g <= 0.5 for g in gaps), gaps
+    total = starts[-1] - starts[0]
+    assert total == pytest.approx(0.3 * (len(starts) - 1), abs=0.3)
+
+
+async def test_one_failing_job_does_not_stop_the_others(tmp_path: Path, sim: Simulator, estate: Estate,
+                                                        clock: FakeClock) -> None:
+    """A job answering 500 every time is reported; the vault's other job is still polled and recorded."""
+    bad = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    good = _job(estate, 2, "vault-a", start=clock() - 10, duration=5)
+    sim.inject(500, path_contains=bad.job_id, times=1000)
+    config = make_config(sim.url, [_vault("vault-a", jobs=[bad.job_id, good.job_id])], tmp_path / "s.sqlite3")
+    async with parts(config) as (scheduler, tracker, client):
+        async def no_sleep(_s: float) -> None:
+            return None
+
+        client.sleep = no_sleep
+        await scheduler.run_round()
+        vault = VaultRef(SUB, RG, "vault-a")
+        assert tracker.known(vault, good.job_id).status == "Completed"  # type: ignore[union-attr]
+        assert tracker.known(vault, bad.job_id).last_error  # type: ignore[union-attr]
+        assert tracker.poll_errors[(vault.key, "server_error")] == 1
+
+
+async def test_404_job_is_marked_not_found_and_403_vault_unauthorized(tmp_path: Path, sim: Simulator,
+                                                                      estate: Estate, clock: FakeClock) -> None:
+    """A 404 job shows as not_found; a 403 vault as unauthorized; both in /api/jobs and the error counts."""
+    ok = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    missing = "00000000-0000-4000-9000-00000000dead"
+    sim.inject(403, path_contains="vault-b", times=1000, body={"error": {"code": "AuthorizationFailed",
+                                                                        "message": "no access"}})
+    config = make_config(
+        sim.url,
+        [_vault("vault-a", jobs=[ok.job_id, missing]), _vault("vault-b", jobs=[ok.job_id])],
+        tmp_path / "s.sqlite3",
+    )
+    async with parts(config) as (scheduler, tracker, _client):
+        await scheduler.run_round()
+        jobs = {(j["vault"], j["job_id"]): j for j in tracker.api_jobs()}
+        assert jobs[("vault-a", missing)]["state"] == "not_found"
+        assert jobs[("vault-b", ok.job_id)]["state"] == "unauthorized"
+        assert "AuthorizationFailed" in jobs[("vault-b", ok.job_id)]["last_error"]
+        a, b = VaultRef(SUB, RG, "vault-a"), VaultRef(SUB, RG, "vault-b")
+        assert tracker.poll_errors[(a.key, "not_found")] == 1
+        assert tracker.poll_errors[(b.key, "forbidden")] == 1
+        requests = len(sim.requests)
+        await scheduler.run_round()
+        # Neither is asked again at once: the 404 is re-checked rarely, the 403 vault after backoff.
+        again = [r for r in sim.requests[requests:] if missing in r.path or "vault-b" in r.path]
+        assert again == []
+
+
+def test_throttled_error_is_retryable() -> None:
+    """429 is a retryable error carrying Azure's delay."""
+    err = ThrottledError("429", status=429, retry_after=4.0)
+    assert err.retry_after == 4.0
+    assert err.reason == "throttled"
