@@ -147,7 +147,7 @@ class Watcher:
             listen=f"{self.listen_host}:{self.port}",
             endpoint=self.azure.client.endpoint,
             cloud=self.config.azure.cloud,
-            credential=self.config.azure.credential,
+            auth=self.config.azure.credential,
             shard=f"{self.shard[0]}/{self.shard[1]}" if self.shard else None,
             store=str(self.config.store.path),
         )

@@ -386,8 +386,8 @@ class _Loader(yaml.SafeLoader):
                 continue
             if key_node.value in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
+                    None,
+                    None,
                     f"duplicate key {key_node.value!r} (first on line {seen[key_node.value].line + 1})",
                     key_node.start_mark,
                 )
@@ -413,7 +413,10 @@ def _parse_yaml(raw: bytes, source: str) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "unreadable"
+        context, opened = exc.context, exc.context_mark
+        if context and opened and mark and opened.line != mark.line:
+            context += f" (from line {opened.line + 1}, column {opened.column + 1})"
+        problem = ", ".join(part for part in (context, exc.problem) if part) or "unreadable"
         if "'\\t'" in problem:
             problem += " (indent with spaces; YAML does not allow tabs there)"
         raise ConfigError(source, [(where, f"invalid YAML: {problem}")]) from None
@@ -556,7 +559,8 @@ def _problem(error: Any) -> Problem:
         return loc, f"expected {_KINDS[kind]}, got {given}"
     if kind in _BOUNDS:
         key, text = _BOUNDS[kind]
-        return loc, f"{text.format(ctx.get(key))}, got {given}"
+        bound = ctx.get(key)
+        return loc, f"{text.format(f'{bound:g}' if isinstance(bound, float) else bound)}, got {given}"
     if kind == "finite_number":
         return loc, f"must be a finite number, got {given}"
     if kind == "value_error":

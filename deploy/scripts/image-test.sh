@@ -18,6 +18,8 @@
 #                      unchanged build layers; delete it to start afresh
 #   IMAGE_TEST_MIRROR  Debian mirror (default: the first one apt's sources name for the suite)
 #   IMAGE_TEST_SUITE   Debian suite of the base (default bookworm)
+#   IMAGE_TEST_STORAGE_DRIVER  buildah storage driver (default overlay where the kernel and the
+#                      cache's filesystem allow it, else vfs)
 # Needs: debootstrap, buildah (installed with apt-get when missing), util-linux, python3.
 set -euo pipefail
 
@@ -46,8 +48,18 @@ for tool in python3 unshare nsenter chroot ip; do
 done
 
 mkdir -p "$cache"
-# A storage of our own: vfs works on any filesystem, including overlay-backed roots.
-bah() { buildah --root "$cache/storage" --runroot "$cache/run" --storage-driver vfs "$@"; }
+# A storage of our own. overlay is fast; vfs (a full copy per layer, several times slower) works
+# on any filesystem, including an overlay root, where overlay cannot stack.
+if [[ -z ${IMAGE_TEST_STORAGE_DRIVER:-} ]]; then
+    IMAGE_TEST_STORAGE_DRIVER=vfs
+    if grep -qw overlay /proc/filesystems && [[ $(stat -f -c %T "$cache") != overlayfs ]]; then
+        IMAGE_TEST_STORAGE_DRIVER=overlay
+    fi
+fi
+driver=$IMAGE_TEST_STORAGE_DRIVER
+bah() {
+    buildah --root "$cache/storage-$driver" --runroot "$cache/run-$driver" --storage-driver "$driver" "$@"
+}
 
 # The mirror that apt uses for the suite, from sources.list and deb822 .sources files.
 apt_mirror() {
@@ -157,7 +169,7 @@ if [[ -s $ca_bundle ]]; then
     build_args+=(--build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
 fi
 
-log "building $image on $base"
+log "building $image on $base (storage driver $driver)"
 started=$(date +%s)
 bah build --quiet --isolation chroot --format docker --layers "${build_args[@]}" "${volumes[@]}" \
     --file "$repo/Dockerfile" --tag "$image" "$repo" >"$cache/build.log" 2>&1 \
