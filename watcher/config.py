@@ -199,9 +199,9 @@ class AzureConfig(_Strict):
         try:
             ssl.create_default_context().load_verify_locations(cafile=str(value))
         except ssl.SSLError:
-            raise ValueError(f"no PEM certificates in CA bundle {value}") from None
+            raise ValueError(f"CA bundle has no PEM certificates: {value}") from None
         except OSError as exc:
-            raise ValueError(f"cannot read CA bundle {value}: {exc.strerror or exc}") from None
+            raise ValueError(f"CA bundle cannot be read: {value} ({exc.strerror or exc})") from None
         return value
 
     @model_validator(mode="after")

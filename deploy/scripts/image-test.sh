@@ -266,6 +266,11 @@ unshare --mount --net --propagation private -- bash "$work/enter.sh" \
     "${run_env[@]}" "${image_entrypoint[@]}" demo --listen "0.0.0.0:$listen_port" \
     >"$work/watcher.log" 2>&1 &
 pid=$!
+# Until unshare has run, the PID is still in this shell's namespaces.
+for _ in {1..100}; do
+    [[ $(readlink "/proc/$pid/ns/net" 2>/dev/null) != "$(readlink /proc/$$/ns/net)" ]] && break
+    sleep 0.1
+done
 
 # --- 4. the checks ------------------------------------------------------------------------------
 show_log() { echo "--- watcher output (last 40 lines)" >&2; tail -n 40 "$work/watcher.log" >&2; }
@@ -309,8 +314,8 @@ grep -qE "^Gid:\s+$gid\s+$gid\s+$gid\s+$gid$" <<<"$status" \
 grep -qE '^CapEff:\s+0+$' <<<"$status" || fail "process has capabilities: $(grep ^CapEff: <<<"$status")"
 echo "process $pid: uid $uid, gid $gid, no effective capabilities"
 
-# The image's own HEALTHCHECK command, run inside the container as its user.
-nsenter --target "$pid" --mount --net --root --wd="$image_workdir" -S "$uid" -G "$gid" \
+# The image's own HEALTHCHECK command, run inside the container as its user, in its directory.
+nsenter --target "$pid" --mount --net --root --wd -S "$uid" -G "$gid" \
     /usr/bin/env -i "${image_env[@]}" "${image_healthcheck[@]}" \
     || fail "the image's HEALTHCHECK failed"
 echo "HEALTHCHECK passed"
@@ -321,9 +326,9 @@ fi
 grep -q 'Read-only file system' "$work/probe.err" || fail "write probe: $(cat "$work/probe.err")"
 echo "root filesystem is read-only"
 
-written=$(find "$state" -type f -user "$uid" | head -n1)
-[[ -n $written ]] || { show_log; fail "nothing was written to the volume $volume"; }
-echo "store written to the volume: $volume/${written#"$state"/}"
+store=$(find "$state" -maxdepth 1 -name state.sqlite3 -type f -user "$uid")
+[[ -n $store ]] || { show_log; fail "no store $volume/state.sqlite3 owned by $uid"; }
+echo "store written to the volume: $volume/state.sqlite3, $(stat -c %s "$store") bytes"
 
 started=$(date +%s)
 kill -s "${image_stopsignal#SIG}" "$pid"

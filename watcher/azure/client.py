@@ -4,7 +4,9 @@ Every request takes a token from its subscription's bucket and a slot of the pro
 bound, carries a cached bearer token, and is retried on 408, 429, 5xx, timeouts and dropped connections
 with backoff that never undercuts Azure's Retry-After. A 401 forces one token refresh and one retry.
 Every path segment we build is quoted; URLs Azure hands back (nextLink, Azure-AsyncOperation) are
-followed verbatim, but only on the configured management host.
+sent verbatim (no re-quoting: 2024-era operation URLs carry signed query parameters), but only to the
+configured management host, and never over plain http to anything but loopback. Operation URLs are
+never logged or put in error messages whole.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import SplitResult, quote, urlencode, urlsplit
 
 import aiohttp
+import yarl
 
 from watcher.azure.auth import TokenProvider
 from watcher.azure.models import (
@@ -37,12 +40,14 @@ from watcher.azure.ratelimit import (
     remaining_budget,
     retry_after_seconds,
 )
+from watcher.config import is_loopback_host
 from watcher.errors import (
     ApiVersionError,
     AuthError,
     AzureError,
     BadRequestError,
     BadResponseError,
+    ConfigError,
     ConnectionFailed,
     ForbiddenError,
     ForeignHostError,
@@ -59,6 +64,12 @@ log = get_logger("backup_watcher.client")
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a list page of 200 jobs is well under 1 MB
 _SUPPORTED_VERSIONS = re.compile(r"supported (?:api-)?versions are '([^']*)'", re.IGNORECASE)
 _SUBSCRIPTION_IN_PATH = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
+
+
+class TlsVerificationError(AzureError):
+    """The endpoint's TLS certificate does not verify: retrying cannot help, `ca_bundle` may."""
+
+    reason = "connection"
 
 
 class RequestObserver(Protocol):
@@ -162,6 +173,11 @@ class ArmClient:
         self.requests_sent = 0
         parts = urlsplit(self.endpoint)
         self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        if parts.scheme.lower() != "https" and not (parts.scheme.lower() == "http" and _loopback(parts)):
+            raise ConfigError(
+                "backup-watcher",
+                [("azure.management_endpoint", "must be https; plain http only for loopback hosts")],
+            )
 
     # -- URLs -------------------------------------------------------------------------------
 
@@ -188,11 +204,17 @@ class ArmClient:
         return f"{self.vault_url(vault)}/backupOperations/{_segment(operation_id)}?{query}"
 
     def check_host(self, url: str) -> None:
-        """Refuse to send our token anywhere but the configured management endpoint."""
+        """Refuse to send our token anywhere but the configured management endpoint, over TLS or loopback."""
         parts = urlsplit(url)
-        origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        try:
+            port = parts.port
+        except ValueError:
+            raise ForeignHostError("refusing to follow a URL with an invalid port") from None
+        origin = (parts.scheme.lower(), (parts.hostname or "").lower(), port)
+        shown = f"{parts.scheme}://{parts.hostname}" + (f":{port}" if port else "")
+        if parts.scheme.lower() == "http" and not _loopback(parts):
+            raise ForeignHostError(f"refusing to send a token over plain http to {shown}")
         if origin != self._origin:
-            shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
             raise ForeignHostError(
                 f"refusing to follow {shown}: not the configured management endpoint {self.endpoint}"
             )
@@ -222,34 +244,51 @@ class ArmClient:
 
     async def get_operation(self, url: str) -> tuple[OperationStatus, float | None]:
         """One look at an operation: its status and Azure's Retry-After, if any."""
+        status, retry_after, _ = await self._look(url)
+        return status, retry_after
+
+    async def _look(self, url: str) -> tuple[OperationStatus, float | None, str | None]:
         self.check_host(url)
         response = await self.request("operation_status", url)
+        retry_after = retry_after_seconds(response.headers)
         if response.status in (202, 204) and not response.body:
-            # operationResults answers 202/204 with no body; the status is not in it.
-            return OperationStatus(
-                operation_id="", status="InProgress" if response.status == 202 else "Succeeded"
-            ), (retry_after_seconds(response.headers))
-        return parse_operation(response.body), retry_after_seconds(response.headers)
+            # operationResults (a Location URL) answers 202/204 without a body; its 202 names the
+            # Azure-AsyncOperation URL whose body carries the status and the job id.
+            follow = response.headers.get("Azure-AsyncOperation") if response.status == 202 else None
+            status = "InProgress" if response.status == 202 else "Succeeded"
+            return OperationStatus(operation_id="", status=status), retry_after, follow
+        return parse_operation(response.body), retry_after, None
 
     async def wait_operation(
         self,
         url: str,
         *,
         give_up_after: float | None = None,
+        interval: float | None = None,
         on_poll: Callable[[OperationStatus], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> OperationStatus:
-        """Poll an operation until Succeeded, Failed or Canceled, honouring Retry-After."""
+        """Poll an `Azure-AsyncOperation` (`.../operationsStatus/{id}`) or `backupOperations/{id}` URL.
+
+        Returns the final status (Succeeded, Failed or Canceled): `job_ids` holds the `jobId` or
+        `jobIds` it names, `error_code`/`error_message` why it failed. Waits `interval` (default: the
+        backoff) between looks, never less than Azure's Retry-After. Raises TimeoutError once
+        `give_up_after` seconds have passed, ForeignHostError for a URL off the management host.
+        """
         self.check_host(url)
         deadline = None if give_up_after is None else clock() + give_up_after
         attempt = 0
         while True:
-            status, retry_after = await self.get_operation(url)
+            status, retry_after, follow = await self._look(url)
+            if follow:
+                self.check_host(follow)
+                url = follow
             if on_poll is not None:
                 on_poll(status)
             if status.is_final:
                 return status
-            delay = max(retry_after if retry_after is not None else 0.0, self.backoff.delay(min(attempt, 3)))
+            base = interval if interval is not None else self.backoff.delay(min(attempt, 3))
+            delay = max(base, retry_after or 0.0)
             attempt += 1
             if deadline is not None:
                 left = deadline - clock()
@@ -267,7 +306,7 @@ class ArmClient:
         refreshed = False
         while True:
             try:
-                return await self._attempt(endpoint, url, method, subscription, refreshed)
+                return await self._attempt(endpoint, url, method, subscription)
             except _Unauthorized as exc:
                 if refreshed:
                     raise AuthError(
@@ -296,9 +335,9 @@ class ArmClient:
                 attempt += 1
                 await self.sleep(delay)
 
-    async def _attempt(
-        self, endpoint: str, url: str, method: str, subscription: str, refreshed: bool
-    ) -> ApiResponse:
+    async def _attempt(self, endpoint: str, url: str, method: str, subscription: str) -> ApiResponse:
+        # Checked on every attempt, before a token is fetched: no path leads a token elsewhere.
+        self.check_host(url)
         await self.limiter.acquire(subscription)
         token = await self.tokens.token()
         headers = {
@@ -313,8 +352,13 @@ class ArmClient:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
+                # encoded=True: sent as built or as Azure handed it back, not re-quoted.
                 async with self.session.request(
-                    method, url, headers=headers, timeout=self.timeout, allow_redirects=False
+                    method,
+                    yarl.URL(url, encoded=True),
+                    headers=headers,
+                    timeout=self.timeout,
+                    allow_redirects=False,
                 ) as resp:
                     code = str(resp.status)
                     raw = await _read_limited(resp)
@@ -322,10 +366,22 @@ class ArmClient:
                     status = resp.status
             except TimeoutError as exc:
                 raise RequestTimeout(f"no answer from ARM within {self.timeout.total:g}s") from exc
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise TlsVerificationError(
+                    f"TLS certificate of {self.endpoint} does not verify ({exc.certificate_error}); "
+                    "if it is signed by a private CA, set azure.ca_bundle to that CA's PEM file"
+                ) from exc
+            except aiohttp.InvalidURL as exc:
+                # Its text is the whole URL, which may carry signed query parameters.
+                raise BadResponseError("ARM handed back a URL that cannot be requested") from exc
             except aiohttp.ClientConnectionError as exc:
-                raise ConnectionFailed(f"connection to ARM failed: {type(exc).__name__}: {exc}") from exc
+                raise ConnectionFailed(
+                    f"connection to ARM failed: {type(exc).__name__}: {redact(str(exc))}"
+                ) from exc
             except aiohttp.ClientError as exc:
-                raise ConnectionFailed(f"HTTP error talking to ARM: {type(exc).__name__}: {exc}") from exc
+                raise ConnectionFailed(
+                    f"HTTP error talking to ARM: {type(exc).__name__}: {redact(str(exc))}"
+                ) from exc
             finally:
                 self.in_flight -= 1
                 if self.observer is not None:
@@ -359,6 +415,10 @@ class ArmClient:
         if err_code in ("InvalidApiVersionParameter", "NoRegisteredProviderFound"):
             raise _api_version_error(detail, status, err_code, message, self.api_version)
         raise BadRequestError(detail, status=status, code=err_code)
+
+
+def _loopback(parts: SplitResult) -> bool:
+    return is_loopback_host(parts.hostname)
 
 
 class _Unauthorized(Exception):
@@ -406,4 +466,4 @@ def _with_vault(job: Job, vault: VaultRef) -> Job:
     return replace(job, vault=vault)
 
 
-__all__ = ["ApiResponse", "ArmClient", "AzureError", "JobFilter", "subscription_of"]
+__all__ = ["ApiResponse", "ArmClient", "AzureError", "JobFilter", "TlsVerificationError", "subscription_of"]
