@@ -65,7 +65,7 @@ from watcher.sim.bodies import job_body
 from watcher.state import TrackedJob, Tracker, VaultState
 from watcher.store import Store
 
-TOKEN_ENV = "BACKUP_WATCHER_BENCH_TOKEN"
+TOKEN_ENV = "BACKUP_WATCHER_BENCH_TOKEN"  # noqa: S105 - the name of an env var, not a secret
 RUNNING_SERIES = b"azure_backup_job_running_start_timestamp_seconds{"
 _JOB_ID_LABEL = re.compile(rb'job_id="([^"]+)"')
 
@@ -136,7 +136,8 @@ class SimProcess:
         return self
 
     def _read_line(self, timeout: float) -> str:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         return self.proc.stdout.readline().strip() if ready else ""
 
@@ -196,7 +197,8 @@ class Probe:
 
     def __post_init__(self) -> None:
         scheduler, tracker = self.watcher.scheduler, self.watcher.tracker
-        assert scheduler is not None and tracker is not None
+        assert scheduler is not None
+        assert tracker is not None
         run_round, discover, observe_many = scheduler.run_round, scheduler.discover, tracker.observe_many
 
         def counted_observe(vault: VaultRef, jobs: list[Job], *, detailed: bool = True) -> list[TrackedJob]:
@@ -259,9 +261,9 @@ class Probe:
                     out[sample.labels[label]] = out.get(sample.labels[label], 0) + int(sample.value)
         return out
 
-    async def wait_rounds(self, count: int, timeout: float) -> None:
-        """Until `count` rounds have finished in all; fail after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
+    async def wait_rounds(self, count: int, within: float) -> None:
+        """Until `count` rounds have finished in all; fail after `within` seconds."""
+        deadline = time.monotonic() + within
         while len(self.rounds) < count:
             left = deadline - time.monotonic()
             if left <= 0 or self.watcher.stop_event.is_set():
@@ -519,7 +521,11 @@ def watcher_config(settings: Settings, url: str, manifest: dict[str, Any], store
     """Every vault discovering, 16 requests in flight, ARM's default read budget, production logging."""
     return validate_config(
         {
-            "azure": {"management_endpoint": url, "credential": "static_token", "static_token_env": TOKEN_ENV},
+            "azure": {
+                "management_endpoint": url,
+                "credential": "static_token",
+                "static_token_env": TOKEN_ENV,
+            },
             "poll": {
                 "interval": settings.interval,
                 "discovery_interval": settings.discovery_interval,
@@ -592,13 +598,14 @@ async def run_watcher(settings: Settings, url: str, manifest: dict[str, Any], wo
             await probe.wait_rounds(quiet_end, round_timeout * settings.cpu_rounds)
             results.cpu_rounds = probe.rounds[1:quiet_end]
             results.rss[f"after round {quiet_end}"] = peak_rss_mb()
-            print(f"# rounds 2-{quiet_end} done; scraping /metrics every {settings.scrape_every:g} s", flush=True)
+            print(f"# rounds 2-{quiet_end} done; scraping /metrics now", flush=True)
 
             scraper = Scraper(f"http://127.0.0.1:{watcher.port}/metrics", settings.scrape_every)
             stop_scraping = asyncio.Event()
             scraping = asyncio.create_task(scraper.run(session, stop_scraping))
             try:
-                await probe.wait_rounds(quiet_end + settings.scrape_rounds, round_timeout * settings.scrape_rounds)
+                last = quiet_end + settings.scrape_rounds
+                await probe.wait_rounds(last, round_timeout * settings.scrape_rounds)
             finally:
                 stop_scraping.set()
                 await scraping
@@ -718,7 +725,8 @@ def report(results: Results, command: str) -> None:
     )
     print(f"watcher responses: {dict(sorted(results.codes.items()))}")
     ours, sdk = results.ours, results.sdk
-    assert ours is not None and sdk is not None
+    assert ours is not None
+    assert sdk is not None
     for name, figures in (("our client", ours), ("sdk", sdk)):
         print(
             f"cpu per 1000 GETs ({name}): {figures.cpu_per_1000 * 1000:.1f} ms ({figures.gets} GETs, "
@@ -736,9 +744,9 @@ def report(results: Results, command: str) -> None:
     slowest = max(statistics.median(r.repeated) for r in results.renders.values())
     print(f"target peak rss <= {TARGET_RSS_MB:g} MB: {verdict(peak <= TARGET_RSS_MB)} ({peak:.0f} MB)")
     print(
-        f"target round <= {TARGET_ROUND_REQUESTS} requests: {verdict(watch_requests <= TARGET_ROUND_REQUESTS)} "
-        f"({watch_requests} to watch every unfinished job; plus one GET per ended job and, in a round "
-        f"that discovers, one listing per discovering vault)"
+        f"target round <= {TARGET_ROUND_REQUESTS} requests: "
+        f"{verdict(watch_requests <= TARGET_ROUND_REQUESTS)} ({watch_requests} to watch every unfinished "
+        f"job; plus one GET per ended job and, in a round that discovers, one listing per discovering vault)"
     )
     print(f"target cpu <= 1/3 of sdk: {verdict(ratio <= TARGET_CPU_RATIO)} ({ratio:.3f})")
     print(
@@ -779,7 +787,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scrape-every", type=float, help="seconds between /metrics scrapes")
     parser.add_argument("--render-reps", type=int, help="repetitions of each /metrics measurement")
     parser.add_argument("--sample", type=int, help="single-job GETs per client in the baseline")
-    parser.add_argument("--refill-pause", type=float, help="seconds to let ARM's budget refill before a sample")
+    parser.add_argument(
+        "--refill-pause", type=float, help="seconds to let ARM's read budget refill before each GET sample"
+    )
     return parser.parse_args(argv)
 
 

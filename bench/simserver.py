@@ -34,10 +34,12 @@ def manifest(estate: Estate) -> dict[str, Any]:
             {
                 "subscription_id": subscription_id,
                 "resource_group": resource_group,
-                "name": name,
-                "jobs": {job.job_id: job.end for job in estate.jobs_in(subscription_id, resource_group, name)},
+                "name": vault,
+                "jobs": {
+                    job.job_id: job.end for job in estate.jobs_in(subscription_id, resource_group, vault)
+                },
             }
-            for subscription_id, resource_group, name in estate.vaults()
+            for subscription_id, resource_group, vault in estate.vaults()
         ]
     }
 

@@ -73,7 +73,11 @@ def make_config(
 ) -> Config:
     """A validated config pointing at the simulator, with fast test-friendly intervals."""
     data: dict[str, Any] = {
-        "azure": {"management_endpoint": endpoint, "credential": "static_token", "static_token_env": TOKEN_ENV},
+        "azure": {
+            "management_endpoint": endpoint,
+            "credential": "static_token",
+            "static_token_env": TOKEN_ENV,
+        },
         "poll": {
             "interval": 0.2,
             "discovery_interval": 0.5,

@@ -406,7 +406,7 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     spawn: Callable[..., Awaitable[Daemon]],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """`demo` prints its metrics URL, serves /metrics and /healthz, a job ends within 60 s, SIGTERM exits 0."""
+    """`demo` prints its metrics URL, serves /metrics and /healthz, a job ends within 60s, SIGTERM exits 0."""
     env = {**cli_env, "WATCHER_STORE_PATH": str(tmp_path / "demo.sqlite3")}
     began = time.monotonic()
     daemon = await spawn("demo", "--listen", "127.0.0.1:0", env=env, name="demo")

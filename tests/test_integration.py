@@ -91,7 +91,11 @@ async def test_jobs_end_to_end(tmp_path: Path) -> None:
             async with running_watcher(config) as watcher:
                 assert watcher.tracker is not None
                 tracker = watcher.tracker
-                await wait_for(lambda: len(tracker.jobs) == 7 and all(tj.state == "final" for tj in tracker.jobs.values()))
+                await wait_for(
+                    lambda: (
+                        len(tracker.jobs) == 7 and all(tj.state == "final" for tj in tracker.jobs.values())
+                    )
+                )
                 async with aiohttp.ClientSession() as http:
                     base = f"http://127.0.0.1:{watcher.port}"
                     async with http.get(f"{base}/metrics") as resp:
@@ -167,8 +171,12 @@ async def test_jobs_end_to_end(tmp_path: Path) -> None:
     for event in changes:
         # A cancelled job may be seen Cancelling first (the service reports it for a moment).
         assert (event["from_status"], event["to_status"]) in {
-            ("InProgress", "Completed"), ("InProgress", "CompletedWithWarnings"), ("InProgress", "Failed"),
-            ("InProgress", "Cancelling"), ("Cancelling", "Cancelled"), ("InProgress", "Cancelled"),
+            ("InProgress", "Completed"),
+            ("InProgress", "CompletedWithWarnings"),
+            ("InProgress", "Failed"),
+            ("InProgress", "Cancelling"),
+            ("Cancelling", "Cancelled"),
+            ("InProgress", "Cancelled"),
         }
         assert event["start_time"]
         assert event["vault"] in ("vault-a", "vault-b")

@@ -68,8 +68,12 @@ def _write_config(path: Path, endpoint: str, store: Path, port: int, vaults: lis
                     "credential": "static_token",
                     "static_token_env": TOKEN_ENV,
                 },
-                "poll": {"interval": "0.3s", "discovery_interval": "1s", "backoff_initial": "0.1s",
-                         "backoff_max": "1s"},
+                "poll": {
+                    "interval": "0.3s",
+                    "discovery_interval": "1s",
+                    "backoff_initial": "0.1s",
+                    "backoff_max": "1s",
+                },
                 "store": {"path": str(store)},
                 "http": {"listen": f"127.0.0.1:{port}"},
                 "logging": {"format": "json", "level": "info"},
@@ -146,7 +150,10 @@ def _gauge(text: str, name: str) -> dict[str, float]:
 
 def _transitions(store: Path) -> list[tuple[str, str | None, str]]:
     with sqlite3.connect(store) as conn:
-        return [tuple(r) for r in conn.execute("SELECT job_id, from_status, to_status FROM transitions ORDER BY id")]
+        return [
+            tuple(r)
+            for r in conn.execute("SELECT job_id, from_status, to_status FROM transitions ORDER BY id")
+        ]
 
 
 async def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float = 10.0) -> tuple[int, float]:
@@ -169,8 +176,18 @@ async def test_restart_after_sigterm_neither_loses_nor_double_counts(
     store = tmp_path / "state.sqlite3"
     port = _free_port()
     config = _write_config(
-        tmp_path / "c.yaml", sim.url, store, port,
-        [{"subscription_id": SUB, "resource_group": RG, "name": "vault-r", "jobs": [first.job_id, second.job_id]}],
+        tmp_path / "c.yaml",
+        sim.url,
+        store,
+        port,
+        [
+            {
+                "subscription_id": SUB,
+                "resource_group": RG,
+                "name": "vault-r",
+                "jobs": [first.job_id, second.job_id],
+            }
+        ],
     )
     log = tmp_path / "watcher.log"
     with watcher_process(config, cli_env, log) as proc:
@@ -185,8 +202,12 @@ async def test_restart_after_sigterm_neither_loses_nor_double_counts(
         await _wait_http(f"http://127.0.0.1:{port}/metrics")
         _, text = await _get(f"http://127.0.0.1:{port}/metrics")
         assert _finished(text) == {("vault-r", "Completed"): 1}
-        assert _gauge(text, "azure_backup_last_success_timestamp_seconds")["vm-01"] == pytest.approx(first.end, abs=1)
-        await _wait_api(port, lambda jobs: all(j["status"] in ("Completed", "Failed") for j in jobs) and len(jobs) == 2)
+        assert _gauge(text, "azure_backup_last_success_timestamp_seconds")["vm-01"] == pytest.approx(
+            first.end, abs=1
+        )
+        await _wait_api(
+            port, lambda jobs: all(j["status"] in ("Completed", "Failed") for j in jobs) and len(jobs) == 2
+        )
         _, text = await _get(f"http://127.0.0.1:{port}/metrics")
         code, _ = await _stop(proc, signal.SIGINT)
     assert code == 0
@@ -204,12 +225,17 @@ async def test_sigkill_mid_round_loses_no_logged_transition(
     """Every transition logged before a SIGKILL is in the store; after restart each job is counted exactly once."""
     estate, sim = live_sim
     # All still running when the watcher first looks (it starts within ~2 s), ending a bit apart.
-    jobs = [estate.add(_job(n, ends_in=3 + 0.3 * n, outcome="Failed" if n % 4 == 0 else "Completed"))
-            for n in range(1, 21)]
+    jobs = [
+        estate.add(_job(n, ends_in=3 + 0.3 * n, outcome="Failed" if n % 4 == 0 else "Completed"))
+        for n in range(1, 21)
+    ]
     store = tmp_path / "state.sqlite3"
     port = _free_port()
     config = _write_config(
-        tmp_path / "c.yaml", sim.url, store, port,
+        tmp_path / "c.yaml",
+        sim.url,
+        store,
+        port,
         [{"subscription_id": SUB, "resource_group": RG, "name": "vault-r", "jobs": [j.job_id for j in jobs]}],
     )
     log = tmp_path / "watcher.log"
@@ -230,7 +256,9 @@ async def test_sigkill_mid_round_loses_no_logged_transition(
 
     with watcher_process(config, cli_env, log) as proc:
         await _wait_api(
-            port, lambda js: len(js) == 20 and all(j["status"] in ("Completed", "Failed") for j in js), timeout=40
+            port,
+            lambda js: len(js) == 20 and all(j["status"] in ("Completed", "Failed") for j in js),
+            timeout=40,
         )
         _, text = await _get(f"http://127.0.0.1:{port}/metrics")
         await _stop(proc, signal.SIGTERM)
@@ -257,7 +285,9 @@ async def test_sighup_reload_adds_and_removes_vaults(
         await _wait_api(port, lambda js: len(js) == 1 and js[0]["status"] == "InProgress")
         _write_config(config, sim.url, store, port, [vault_b])
         proc.send_signal(signal.SIGHUP)
-        await _wait_api(port, lambda js: [j["vault"] for j in js] == ["vault-s"] and js[0]["status"] == "InProgress")
+        await _wait_api(
+            port, lambda js: [j["vault"] for j in js] == ["vault-s"] and js[0]["status"] == "InProgress"
+        )
         _, text = await _get(metrics)
         assert 'vault="vault-r"' not in text
         assert 'vault="vault-s"' in text

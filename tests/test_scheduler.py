@@ -44,8 +44,16 @@ class FakeMonotonic:
         await asyncio.sleep(0)
 
 
-def _job(estate: Estate, n: int, vault: str, *, start: float, duration: float, outcome: str = "Completed",
-         sub: str = SUB) -> SimJob:
+def _job(
+    estate: Estate,
+    n: int,
+    vault: str,
+    *,
+    start: float,
+    duration: float,
+    outcome: str = "Completed",
+    sub: str = SUB,
+) -> SimJob:
     return estate.add(
         SimJob(
             subscription_id=sub,
@@ -69,7 +77,9 @@ async def parts(config: Config) -> AsyncIterator[tuple[Scheduler, Tracker, ArmCl
     store = Store.open(config.store.path)
     tracker = Tracker(store)
     tracker.set_vaults(owned_vaults(config, None))
-    azure = build_azure(config, None, SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second))
+    azure = build_azure(
+        config, None, SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second)
+    )
     try:
         yield Scheduler(tracker, azure.client, config), tracker, azure.client
     finally:
@@ -119,8 +129,9 @@ def test_retry_after_header_forms() -> None:
     assert retry_after_seconds({}) is None
 
 
-async def test_client_retries_with_retry_after_and_no_real_sleep(sim: Simulator, estate: Estate, clock: FakeClock,
-                                                                 tmp_path: Path) -> None:
+async def test_client_retries_with_retry_after_and_no_real_sleep(
+    sim: Simulator, estate: Estate, clock: FakeClock, tmp_path: Path
+) -> None:
     """503 twice with Retry-After: 3 -> two retries, each waiting at least 3 s (an injected sleep), then success."""
     job = _job(estate, 1, "vault-a", start=clock() - 10, duration=100)
     config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
@@ -138,7 +149,9 @@ async def test_client_retries_with_retry_after_and_no_real_sleep(sim: Simulator,
     assert all(s >= 3.0 for s in slept)
 
 
-async def test_client_gives_up_after_its_attempts(sim: Simulator, estate: Estate, clock: FakeClock, tmp_path: Path) -> None:
+async def test_client_gives_up_after_its_attempts(
+    sim: Simulator, estate: Estate, clock: FakeClock, tmp_path: Path
+) -> None:
     """A server that keeps failing yields a ServerError after the bounded attempts, not an endless loop."""
     job = _job(estate, 1, "vault-a", start=clock() - 10, duration=100)
     config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
@@ -240,8 +253,15 @@ async def test_a_429_on_one_job_delays_every_request_to_its_subscription(tmp_pat
 
 async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
     """60 jobs, concurrency 4, a server that answers slowly: never more than 4 requests in flight at the server."""
-    with open(Path(__file__).resolve().parents[1].parent / "shared" / "azure-corpus" / "2017-07-01"
-              / "Common" / "GetJobDetails.json", encoding="utf-8") as f:
+    with open(
+        Path(__file__).resolve().parents[1].parent
+        / "shared"
+        / "azure-corpus"
+        / "2017-07-01"
+        / "Common"
+        / "GetJobDetails.json",
+        encoding="utf-8",
+    ) as f:
         body = json.load(f)["responses"]["200"]["body"]
     in_flight = 0
     peak = 0
@@ -271,7 +291,9 @@ async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     jobs = [f"00000000-0000-4000-a000-{n:012d}" for n in range(60)]
     config = make_config(
-        f"http://127.0.0.1:{port}", [_vault("vault-a", jobs=jobs)], tmp_path / "s.sqlite3",
+        f"http://127.0.0.1:{port}",
+        [_vault("vault-a", jobs=jobs)],
+        tmp_path / "s.sqlite3",
         poll={"concurrency": 4, "interval": 0.05},
     )
     try:
@@ -293,8 +315,9 @@ async def test_discovery_follows_pages_and_picks_up_new_jobs(tmp_path: Path) -> 
     for n in range(12):
         _job(estate, n, "vault-d", start=clock() - 3600 + n * 60, duration=7200)
     sim = await start_simulator(estate, page_size=5)
-    config = make_config(sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3",
-                         discovery={"lookback": "1d"})
+    config = make_config(
+        sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3", discovery={"lookback": "1d"}
+    )
     vault = VaultRef(SUB, RG, "vault-d")
     try:
         async with parts(config) as (scheduler, tracker, _client):
@@ -327,8 +350,9 @@ async def test_batched_round_costs_one_listing_per_vault_plus_the_jobs_that_ende
             duration = 100 if i < 2 and vault != "vault-3" else 36000
             ids[vault].append(_job(estate, n, vault, start=clock() - 50, duration=duration).job_id)
     sim = await start_simulator(estate)
-    config = make_config(sim.url, [_vault(v, jobs=j) for v, j in ids.items()], tmp_path / "s.sqlite3",
-                         poll={"interval": 0.01})
+    config = make_config(
+        sim.url, [_vault(v, jobs=j) for v, j in ids.items()], tmp_path / "s.sqlite3", poll={"interval": 0.01}
+    )
     try:
         async with parts(config) as (scheduler, tracker, _client):
             first = await scheduler.run_round()
@@ -351,8 +375,9 @@ async def test_batched_round_costs_one_listing_per_vault_plus_the_jobs_that_ende
 async def test_rounds_do_not_drift(tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock) -> None:
     """With an interval of 0.3 s, rounds start on the interval grid even though each takes time."""
     job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
-    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3",
-                         poll={"interval": 0.3})
+    config = make_config(
+        sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3", poll={"interval": 0.3}
+    )
     async with running_watcher(config) as watcher:
         assert watcher.scheduler is not None
         scheduler = watcher.scheduler
@@ -365,14 +390,16 @@ async def test_rounds_do_not_drift(tmp_path: Path, sim: Simulator, estate: Estat
     assert total == pytest.approx(0.3 * (len(starts) - 1), abs=0.3)
 
 
-async def test_one_failing_job_does_not_stop_the_others(tmp_path: Path, sim: Simulator, estate: Estate,
-                                                        clock: FakeClock) -> None:
+async def test_one_failing_job_does_not_stop_the_others(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
     """A job answering 500 every time is reported; the vault's other job is still polled and recorded."""
     bad = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
     good = _job(estate, 2, "vault-a", start=clock() - 10, duration=5)
     sim.inject(500, path_contains=bad.job_id, times=1000)
     config = make_config(sim.url, [_vault("vault-a", jobs=[bad.job_id, good.job_id])], tmp_path / "s.sqlite3")
     async with parts(config) as (scheduler, tracker, client):
+
         async def no_sleep(_s: float) -> None:
             return None
 
@@ -384,13 +411,18 @@ async def test_one_failing_job_does_not_stop_the_others(tmp_path: Path, sim: Sim
         assert tracker.poll_errors[(vault.key, "server_error")] == 1
 
 
-async def test_404_job_is_marked_not_found_and_403_vault_unauthorized(tmp_path: Path, sim: Simulator,
-                                                                      estate: Estate, clock: FakeClock) -> None:
+async def test_404_job_is_marked_not_found_and_403_vault_unauthorized(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
     """A 404 job shows as not_found; a 403 vault as unauthorized; both in /api/jobs and the error counts."""
     ok = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
     missing = "00000000-0000-4000-9000-00000000dead"
-    sim.inject(403, path_contains="vault-b", times=1000, body={"error": {"code": "AuthorizationFailed",
-                                                                        "message": "no access"}})
+    sim.inject(
+        403,
+        path_contains="vault-b",
+        times=1000,
+        body={"error": {"code": "AuthorizationFailed", "message": "no access"}},
+    )
     config = make_config(
         sim.url,
         [_vault("vault-a", jobs=[ok.job_id, missing]), _vault("vault-b", jobs=[ok.job_id])],

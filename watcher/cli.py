@@ -263,6 +263,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         sim = await start_simulator(demo_estate(), host=args.host, port=args.port, tls=args.tls)
+        sim.max_recorded = 1000  # keep memory flat however long it runs
         print(f"simulator listening on {sim.url}", flush=True)
         print(f"bearer token: {SIM_TOKEN}  (e.g. export BACKUP_WATCHER_SIM_TOKEN={SIM_TOKEN})", flush=True)
         if sim.ca_file:

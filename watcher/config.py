@@ -266,6 +266,8 @@ class StoreConfig(_Strict):
     """The SQLite state store."""
 
     path: FilePath = Path("./backup-watcher.sqlite3")
+    # How long transition history is kept; totals and per-item state are kept regardless.
+    retention: Duration = 30 * 86400.0
 
 
 class HttpConfig(_Strict):

@@ -102,6 +102,7 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
     async def main() -> int:
         estate = demo_estate(time.time())
         sim = await start_simulator(estate)
+        sim.max_recorded = 1000  # the demo may run for days; tests are what read the history
         try:
             config = demo_config(
                 sim.url, demo_vaults(estate), listen=listen, store_path=str(demo_store_path())

@@ -40,6 +40,7 @@ log = get_logger("backup_watcher.scheduler")
 SPREAD = 0.5  # share of the interval over which a round's units are started
 LIST_OVERLAP = 120.0  # seconds a discovery listing reaches back before its watermark
 NOT_FOUND_RECHECK = 3600.0  # a 404 job is looked at again at most this often
+PRUNE_EVERY = 3600.0  # how often old finished jobs and history are dropped
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Scheduler:
     rounds: int = 0
     last_round: RoundStats | None = None
     _next_discovery: dict[str, float] = field(default_factory=dict)
+    _next_prune: float = 0.0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
@@ -103,6 +105,7 @@ class Scheduler:
                 self.heartbeat = started
                 await self.run_round(stop)
                 self.rounds += 1
+                self._maybe_prune()
                 self.ready = True
                 next_start += self.config.poll.interval
                 now = self.monotonic()
@@ -112,6 +115,17 @@ class Scheduler:
                 await self._wait(stop, next_start - now)
         finally:
             await self._drain(grace)
+
+    def _maybe_prune(self) -> None:
+        now = self.clock()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        removed = self.tracker.prune(
+            lookback=self.config.discovery.lookback, retention=self.config.store.retention
+        )
+        if removed:
+            log.info("store_pruned", jobs=removed)
 
     async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
         deadline = self.monotonic() + seconds
@@ -156,8 +170,10 @@ class Scheduler:
             task = asyncio.create_task(self._guarded(vault, unit, vault_rounds[vault.key], stats))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
+        while self._tasks:
+            # Waiting on Azure (throttling, retries) is not being stuck: keep the heartbeat going.
+            self.heartbeat = self.monotonic()
+            await asyncio.wait(set(self._tasks), timeout=1.0)
         now = self.clock()
         for key, vr in vault_rounds.items():
             state = self.tracker.vaults.get(key)

@@ -365,6 +365,34 @@ class Tracker:
             touched = True
         return updated if touched else None
 
+    def prune(self, *, lookback: float, retention: float) -> int:
+        """Forget finished jobs no listing can return again, and history older than `retention`.
+
+        A job is forgotten once it is final and started before `lookback` plus a day: discovery only
+        lists jobs started within the lookback, so it cannot come back and be counted twice. Jobs named
+        in the config are kept (a reload would otherwise poll them afresh). Totals and per-item state
+        live in their own tables and are not touched.
+        """
+        now = self.clock()
+        cutoff = now - lookback - 86400.0
+        keep = {
+            (state.ref.key, job_id.lower())
+            for state in self.vaults.values()
+            for job_id in state.configured_jobs
+        }
+        removed = self.store.prune(
+            finished_started_before=cutoff, transitions_before=now - retention, keep=keep
+        )
+        if removed:
+            self.jobs = {
+                key: tj
+                for key, tj in self.jobs.items()
+                if not (tj.state == "final" and tj.start_time is not None and tj.start_time < cutoff)
+                or key in keep
+            }
+            self._changed()
+        return removed
+
     def mark_error(self, vault: VaultRef, job_id: str, error: str, *, state: str | None = None) -> None:
         """A job could not be read: keep its last known status, note the error (and not_found)."""
         key = (vault.key, job_id.lower())

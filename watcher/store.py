@@ -389,6 +389,23 @@ class Store:
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
+    def prune(
+        self, *, finished_started_before: float, transitions_before: float, keep: set[tuple[str, str]]
+    ) -> int:
+        """Forget finished jobs that started before a cutoff (except `keep`) and old transitions."""
+        try:
+            with self._tx():
+                rows = self.conn.execute(
+                    "SELECT vault_key, job_id FROM jobs WHERE state = 'final' AND start_time < ?",
+                    (finished_started_before,),
+                ).fetchall()
+                doomed = [(r[0], r[1]) for r in rows if (r[0], r[1].lower()) not in keep]
+                self.conn.executemany("DELETE FROM jobs WHERE vault_key = ? AND job_id = ?", doomed)
+                self.conn.execute("DELETE FROM transitions WHERE observed_at < ?", (transitions_before,))
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+        return len(doomed)
+
     def set_watermark(self, vault_key: str, watermark: float) -> None:
         try:
             with self._tx():

@@ -165,7 +165,9 @@ class ArmClient:
         self.attempts = attempts
         self.observer = observer
         self.sleep = sleep
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=min(10.0, request_timeout))
+        self.timeout = aiohttp.ClientTimeout(
+            total=request_timeout, sock_connect=min(10.0, request_timeout), sock_read=request_timeout
+        )
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.in_flight = 0

@@ -1,0 +1,549 @@
+"""The whole alerting path for real: simulator -> watcher -> Prometheus -> Alertmanager -> a webhook.
+
+The watcher runs as a user runs it (`python -m watcher run --config FILE`, stopped with SIGTERM).
+Prometheus loads a copy of deploy/prometheus/alerts.yml in which only a threshold and a `for:` are
+shortened, and a copy of deploy/prometheus/prometheus.yml with short intervals; Alertmanager loads
+deploy/alertmanager/alertmanager.yml with its webhooks pointed at a receiver in this test and short
+grouping waits. Everything listens on 127.0.0.1.
+
+Prometheus and Alertmanager come from the Debian packages `prometheus` and `prometheus-alertmanager`.
+Without them the test skips, saying so; with the environment variable CI set it fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from tests.conftest import SUB, TOKEN_ENV, cli
+from watcher.sim import Estate, RecurringJob, SimJob, start_simulator
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+RUNBOOKS = ROOT / "docs" / "runbooks.md"
+
+RG = "rg-e2e"
+VAULT = "vault-e2e"
+FAILING = "vm-e2e-fail"  # its one backup fails a few seconds after it starts
+STALE = "vm-e2e-stale"  # its last successful backup ended an hour ago; none since
+FRESH = "vm-e2e-fresh"  # backed up every 10 seconds: must never look stale
+
+# Rewritten for speed; the real values are 26h and 2m.
+MAX_AGE_SECONDS = 60
+DOWN_FOR = "5s"
+WAIT = 90.0  # seconds, the most any one step may take
+JOB = "backup-watcher"  # the scrape job name AzureBackupWatcherDown looks for
+
+
+# -- tools ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Binaries:
+    prometheus: str
+    alertmanager: str
+
+
+@pytest.fixture
+def binaries() -> Binaries:
+    """Prometheus and Alertmanager, or a skip (a failure when CI is set) that names their packages."""
+    prometheus = shutil.which("prometheus")
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    missing = [
+        f"{binary} is not installed: `apt-get install {package}` provides it"
+        for binary, package, path in (
+            ("prometheus", "prometheus", prometheus),
+            ("prometheus-alertmanager", "prometheus-alertmanager", alertmanager),
+        )
+        if path is None
+    ]
+    if missing:
+        reason = "; ".join(missing)
+        print(reason)
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+        pytest.skip(reason)
+    assert prometheus is not None
+    assert alertmanager is not None
+    return Binaries(prometheus, alertmanager)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- configs derived from the shipped files ---------------------------------------------------------
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _rules_by_name(rules: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def fast_rules() -> dict[str, Any]:
+    """deploy/prometheus/alerts.yml with the default max backup age and WatcherDown's `for:` shortened."""
+    rules = _load(ALERTS)
+    groups = {group["name"]: group for group in rules["groups"]}
+    assert "azure-backup-thresholds" in groups, "the thresholds group moved: update this test"
+    defaults = [
+        rule
+        for rule in groups["azure-backup-thresholds"]["rules"]
+        if rule.get("record") == "azure_backup:backup_max_age_seconds" and not rule.get("labels")
+    ]
+    assert len(defaults) == 1, "expected one default azure_backup:backup_max_age_seconds: update this test"
+    assert "expr" in defaults[0]
+    defaults[0]["expr"] = str(MAX_AGE_SECONDS)
+
+    alerts = _rules_by_name(rules)
+    assert "for" in alerts["AzureBackupWatcherDown"], (
+        "AzureBackupWatcherDown lost its `for:`: update this test"
+    )
+    alerts["AzureBackupWatcherDown"]["for"] = DOWN_FOR
+    for name in ("AzureBackupJobFailed", "AzureBackupNoRecentSuccess"):
+        # These fire at once (runbooks.md, "Tuning"); a `for:` would need shortening here too.
+        assert "for" not in alerts[name], f"{name} has a `for:` now: shorten it here too"
+        assert "azure_backup_last" in alerts[name]["expr"], name
+    assert "azure_backup_item:backup_max_age_seconds" in alerts["AzureBackupNoRecentSuccess"]["expr"]
+    return rules
+
+
+def prometheus_config(watcher: str, alertmanager: str) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml scraping and evaluating every second, on loopback targets."""
+    config = _load(PROMETHEUS_CONFIG)
+    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    assert config["rule_files"] == ["alerts.yml"]
+    config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert JOB in jobs, f"prometheus.yml has no scrape job {JOB!r}: update this test"
+    jobs[JOB]["scrape_interval"] = "1s"
+    jobs[JOB]["static_configs"] = [{"targets": [watcher]}]
+    return config
+
+
+def alertmanager_config(receiver: str) -> dict[str, Any]:
+    """deploy/alertmanager/alertmanager.yml with short grouping waits and webhooks sent to `receiver`."""
+    config = _load(ALERTMANAGER_CONFIG)
+    config["route"]["group_wait"] = "1s"
+    config["route"]["group_interval"] = "1s"
+    webhooks = 0
+    for entry in config["receivers"]:
+        for hook in entry.get("webhook_configs", []):
+            path = urlsplit(hook["url"]).path
+            assert path, hook
+            hook["url"] = urlunsplit(("http", receiver, path, "", ""))
+            webhooks += 1
+    assert {r["name"] for r in config["receivers"] if r.get("webhook_configs")} >= {"pager", "chat"}
+    assert webhooks >= 2
+    return config
+
+
+def watcher_config(endpoint: str, listen: str, store: Path) -> dict[str, Any]:
+    """A config as a user writes one: the simulator, a static token, discovery, short intervals."""
+    return {
+        "azure": {
+            "management_endpoint": endpoint,
+            "credential": "static_token",
+            "static_token_env": TOKEN_ENV,
+        },
+        "poll": {
+            "interval": "1s",
+            "discovery_interval": "1s",
+            "request_timeout": "5s",
+            "backoff_initial": "0.1s",
+            "backoff_max": "1s",
+        },
+        "discovery": {"enabled": True, "lookback": "3h"},
+        "store": {"path": str(store)},
+        "http": {"listen": listen},
+        "logging": {"format": "json", "level": "info"},
+        "vaults": [{"subscription_id": SUB, "resource_group": RG, "name": VAULT}],
+    }
+
+
+def _write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# -- the estate ---------------------------------------------------------------------------------
+
+
+def scenario(now: float) -> Estate:
+    """One backup fails a few seconds after it starts, one item's backups stopped, one item stays fresh."""
+    estate = Estate()  # wall-clock time, like Azure
+
+    def vm_backup(
+        entity: str, start: float, duration: float, outcome: str = "Completed", **extra: Any
+    ) -> SimJob:
+        return SimJob(
+            subscription_id=SUB,
+            resource_group=RG,
+            vault=VAULT,
+            job_id=str(uuid.uuid4()),
+            job_type="AzureIaaSVMJob",
+            operation="Backup",
+            entity=entity,
+            backup_management_type="AzureIaasVM",
+            start=start,
+            duration=duration,
+            outcome=outcome,
+            container_name=f"iaasvmcontainerv2;{RG};{entity}",
+            **extra,
+        )
+
+    estate.add(vm_backup(FAILING, now, 4.0, "Failed", error_code=400136))
+    estate.add(vm_backup(STALE, now - 3600 - 600, 600.0, size_mb=2048))
+    estate.add_recurring(RecurringJob(vm_backup(FRESH, now - 30, 2.0, size_mb=512), every=10.0))
+    return estate
+
+
+# -- processes and the webhook receiver ----------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A process this test started, and where its output goes."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} (exit {self.proc.poll()}) ---\n" + "\n".join(text.splitlines()[-lines:])
+
+
+def _spawn(name: str, argv: list[str], log: Path, *, cwd: Path, env: dict[str, str] | None = None) -> Server:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    return Server(name, proc, log)
+
+
+async def _stop(server: Server, grace: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL if it is still there after `grace` seconds; its exit status."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(server.proc.wait, grace)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+    return await asyncio.to_thread(server.proc.wait)
+
+
+@asynccontextmanager
+async def running(
+    name: str, argv: list[str], tmp: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[Server]:
+    """A subprocess that is always stopped on the way out."""
+    server = _spawn(name, argv, tmp / f"{name}.log", cwd=tmp, env=env)
+    try:
+        yield server
+    finally:
+        await _stop(server)
+
+
+@dataclass
+class Notification:
+    """One alert out of a webhook call, with the receiver path it came to."""
+
+    path: str
+    received: float
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str
+    group_labels: dict[str, str]
+
+
+@dataclass
+class Receiver:
+    """Collects the alert groups Alertmanager POSTs to it."""
+
+    address: str = ""
+    notifications: list[Notification] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        now = time.time()
+        for alert in payload["alerts"]:
+            self.notifications.append(
+                Notification(
+                    path=request.path,
+                    received=now,
+                    status=alert["status"],
+                    labels=alert["labels"],
+                    annotations=alert["annotations"],
+                    starts_at=alert["startsAt"],
+                    group_labels=payload["groupLabels"],
+                )
+            )
+        return web.Response(text="ok")
+
+    def firing(self, alertname: str) -> list[Notification]:
+        return [n for n in self.notifications if n.status == "firing" and n.labels["alertname"] == alertname]
+
+
+@asynccontextmanager
+async def webhook_receiver() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/{name}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        receiver.address = f"127.0.0.1:{runner.addresses[0][1]}"
+        yield receiver
+    finally:
+        await runner.cleanup()
+
+
+async def wait_until(
+    what: str, check: Callable[[], Awaitable[bool] | bool], servers: list[Server], within: float = WAIT
+) -> float:
+    """Poll `check` until it holds; fail naming `what` with the servers' logs. Returns seconds taken."""
+    started = time.monotonic()
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic() - started
+        dead = [s for s in servers if s.proc.poll() is not None]
+        if dead or time.monotonic() - started > within:
+            why = f"{', '.join(s.name for s in dead)} exited" if dead else f"not within {within:.0f}s"
+            logs = "\n".join(s.tail() for s in servers)
+            raise AssertionError(f"{what}: {why}\n{logs}")
+        await asyncio.sleep(0.25)
+
+
+def http_ok(http: aiohttp.ClientSession, url: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        try:
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    return check
+
+
+@contextmanager
+def timed(record_property: Callable[[str, object], None]) -> Iterator[dict[str, float]]:
+    """Measure the block; print the figures and put them in the pytest report, also on failure."""
+    figures: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        yield figures
+    finally:
+        figures["total_seconds"] = time.monotonic() - started
+        for key, value in figures.items():
+            record_property(f"e2e_{key}", round(value, 1))
+        shown = ", ".join(f"{key} {value:.1f}s" for key, value in figures.items())
+        print(f"e2e alerting path: {shown}")
+
+
+# -- the test -------------------------------------------------------------------------------------
+
+
+def _epoch(rfc3339: str) -> float:
+    """Alertmanager's timestamps (nanoseconds, `Z`) as epoch seconds."""
+    trimmed = re.sub(r"(\.\d{6})\d*", r"\1", rfc3339).replace("Z", "+00:00")
+    return datetime.fromisoformat(trimmed).timestamp()
+
+
+def _anchors() -> set[str]:
+    headings = re.findall(r"^#{2,3} (.+?)\s*$", RUNBOOKS.read_text(encoding="utf-8"), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def assert_runbook(annotations: dict[str, str], alertname: str) -> None:
+    url = annotations["runbook_url"]
+    page, _, anchor = url.partition("#")
+    assert page.endswith("/docs/runbooks.md"), url
+    assert anchor == alertname.lower(), url
+    assert anchor in _anchors(), f"docs/runbooks.md has no section #{anchor}"
+
+
+def assert_item_alert(note: Notification, alertname: str, entity: str, severity: str, path: str) -> None:
+    """An item alert carries the item's labels, the rule's severity and annotations naming it."""
+    labels = note.labels
+    assert set(labels) == {
+        "alertname", "severity", "job", "instance",
+        "subscription_id", "resource_group", "vault", "entity", "operation",
+    }, labels  # fmt: skip
+    assert labels["alertname"] == alertname
+    assert labels["severity"] == severity
+    assert (labels["subscription_id"], labels["resource_group"], labels["vault"]) == (SUB, RG, VAULT)
+    assert labels["entity"] == entity
+    assert labels["operation"] == "Backup"
+    assert labels["job"] == JOB
+    assert note.path == path, f"{alertname} ({severity}) went to {note.path}, not {path}"
+    assert note.group_labels == {
+        "alertname": alertname,
+        "subscription_id": SUB,
+        "resource_group": RG,
+        "vault": VAULT,
+    }
+    summary, description = note.annotations["summary"], note.annotations["description"]
+    assert entity in summary, summary
+    assert VAULT in summary, summary
+    for needle in (entity, VAULT, RG, SUB):
+        assert needle in description, (needle, description)
+    assert_runbook(note.annotations, alertname)
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(600)
+async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
+    tmp_path: Path,
+    binaries: Binaries,
+    cli_env: dict[str, str],
+    record_property: Callable[[str, object], None],
+) -> None:
+    """A failed job and a stale item reach the receiver as alerts; stopping the watcher fires WatcherDown."""
+    rules = _rules_by_name(fast_rules())
+    with timed(record_property) as figures:
+        async with AsyncExitStack() as stack:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            receiver = await stack.enter_async_context(webhook_receiver())
+            sim = await start_simulator(scenario(time.time()))
+            stack.push_async_callback(sim.close)
+
+            watcher_at = f"127.0.0.1:{_free_port()}"
+            config = _write_yaml(
+                tmp_path / "watcher.yaml", watcher_config(sim.url, watcher_at, tmp_path / "state.sqlite3")
+            )
+            watcher = await stack.enter_async_context(
+                running("watcher", cli("run", "--config", str(config)), tmp_path, env=cli_env)
+            )
+            servers = [watcher]
+            figures["watcher_ready"] = await wait_until(
+                "the watcher answers /readyz", http_ok(http, f"http://{watcher_at}/readyz"), servers
+            )
+
+            am_at = f"127.0.0.1:{_free_port()}"
+            am_config = _write_yaml(tmp_path / "alertmanager.yml", alertmanager_config(receiver.address))
+            (tmp_path / "am-data").mkdir()
+            alertmanager = await stack.enter_async_context(
+                running(
+                    "alertmanager",
+                    [
+                        binaries.alertmanager,
+                        f"--config.file={am_config}",
+                        f"--storage.path={tmp_path / 'am-data'}",
+                        f"--web.listen-address={am_at}",
+                        "--cluster.listen-address=",
+                    ],
+                    tmp_path,
+                )
+            )
+            servers.append(alertmanager)
+
+            prom_at = f"127.0.0.1:{_free_port()}"
+            prom_dir = tmp_path / "prometheus"
+            prom_dir.mkdir()
+            _write_yaml(prom_dir / "alerts.yml", fast_rules())
+            prom_config = _write_yaml(prom_dir / "prometheus.yml", prometheus_config(watcher_at, am_at))
+            prometheus = await stack.enter_async_context(
+                running(
+                    "prometheus",
+                    [
+                        binaries.prometheus,
+                        f"--config.file={prom_config}",
+                        f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+                        f"--web.listen-address={prom_at}",
+                    ],
+                    tmp_path,
+                )
+            )
+            servers.append(prometheus)
+            await wait_until("Alertmanager is ready", http_ok(http, f"http://{am_at}/-/ready"), servers)
+            await wait_until("Prometheus is ready", http_ok(http, f"http://{prom_at}/-/ready"), servers)
+
+            figures["job_alerts"] = await wait_until(
+                "AzureBackupJobFailed and AzureBackupNoRecentSuccess reach the receiver",
+                lambda: bool(
+                    receiver.firing("AzureBackupJobFailed") and receiver.firing("AzureBackupNoRecentSuccess")
+                ),
+                servers,
+            )
+            failed = receiver.firing("AzureBackupJobFailed")
+            assert {n.labels["entity"] for n in failed} == {FAILING}
+            assert_item_alert(
+                failed[0],
+                "AzureBackupJobFailed",
+                FAILING,
+                rules["AzureBackupJobFailed"]["labels"]["severity"],
+                "/chat",
+            )
+            stale = receiver.firing("AzureBackupNoRecentSuccess")
+            assert {n.labels["entity"] for n in stale} == {STALE}, (
+                "only the item without recent backups is stale"
+            )
+            assert_item_alert(
+                stale[0],
+                "AzureBackupNoRecentSuccess",
+                STALE,
+                rules["AzureBackupNoRecentSuccess"]["labels"]["severity"],
+                "/pager",
+            )
+            assert "1h" in stale[0].annotations["summary"], "the summary gives the item's age"
+            assert not receiver.firing("AzureBackupWatcherDown")
+
+            stopped_at = time.time()
+            assert await _stop(watcher) == 0, "a SIGTERM shutdown exits 0\n" + watcher.tail()
+            servers.remove(watcher)
+            target = watcher_at
+
+            def down_fired() -> bool:
+                return any(
+                    n.labels.get("instance") == target for n in receiver.firing("AzureBackupWatcherDown")
+                )
+
+            figures["watcher_down_after_sigterm"] = await wait_until(
+                "AzureBackupWatcherDown reaches the receiver after SIGTERM", down_fired, servers
+            )
+            down = next(
+                n for n in receiver.firing("AzureBackupWatcherDown") if n.labels.get("instance") == target
+            )
+            assert down.labels == {
+                "alertname": "AzureBackupWatcherDown",
+                "severity": rules["AzureBackupWatcherDown"]["labels"]["severity"],
+                "job": JOB,
+                "instance": target,
+            }
+            assert down.path == "/pager"
+            assert _epoch(down.starts_at) >= stopped_at, "WatcherDown started before the watcher stopped"
+            assert target in down.annotations["description"]
+            assert JOB in down.annotations["description"]
+            assert down.annotations["summary"].strip()
+            assert_runbook(down.annotations, "AzureBackupWatcherDown")
