@@ -106,12 +106,12 @@ async def running_watcher(config: Config, **kwargs: Any) -> AsyncIterator[Watche
         await watcher.stop()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02) -> None:
+async def wait_for(predicate: Callable[[], bool], limit: float = 10.0, interval: float = 0.02) -> None:
     """Poll `predicate` until true; fail the test with a clear message on timeout."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"condition not met within {limit}s")
         await asyncio.sleep(interval)
 
 

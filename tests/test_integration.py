@@ -188,7 +188,8 @@ async def test_jobs_end_to_end(tmp_path: Path) -> None:
     by_id = {j["job_id"]: j for j in api["jobs"]}
     failed = by_id[jobs[3].job_id]
     assert failed["status"] == "Failed"
-    assert failed["errors"] and failed["errors"][0]["code"] == "400136"
+    assert failed["errors"]
+    assert failed["errors"][0]["code"] == "400136"
     assert [t["to_status"] for t in failed["transitions"]] == ["InProgress", "Failed"]
     assert by_id[jobs[4].job_id]["operation_detail"] == "Full"
 

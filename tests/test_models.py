@@ -601,8 +601,6 @@ def test_rest_api_500_error_body_is_not_an_operation() -> None:
         parse_operation(body)
 
 
-
-
 @pytest.mark.parametrize(
     ("properties", "allowed"),
     [

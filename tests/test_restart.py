@@ -102,8 +102,8 @@ async def _get(url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
-async def _wait_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_http(url: str, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
             status, _ = await _get(url)
@@ -112,11 +112,11 @@ async def _wait_http(url: str, timeout: float = 20.0) -> None:
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+    raise AssertionError(f"{url} did not answer within {limit}s")
 
 
-async def _wait_api(port: int, predicate: Any, timeout: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
+async def _wait_api(port: int, predicate: Any, limit: float = 30.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
             status, text = await _get(f"http://127.0.0.1:{port}/api/jobs")
@@ -126,7 +126,7 @@ async def _wait_api(port: int, predicate: Any, timeout: float = 30.0) -> list[di
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError(f"/api/jobs never satisfied the condition within {timeout}s")
+    raise AssertionError(f"/api/jobs never satisfied the condition within {limit}s")
 
 
 def _finished(text: str) -> dict[tuple[str, str], float]:
@@ -156,12 +156,12 @@ def _transitions(store: Path) -> list[tuple[str, str | None, str]]:
         ]
 
 
-async def _stop(proc: subprocess.Popen[bytes], sig: int, timeout: float = 10.0) -> tuple[int, float]:
+async def _stop(proc: subprocess.Popen[bytes], sig: int, limit: float = 10.0) -> tuple[int, float]:
     started = time.monotonic()
     proc.send_signal(sig)
     while proc.poll() is None:
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"watcher did not exit within {timeout}s of signal {sig}")
+        if time.monotonic() - started > limit:
+            raise AssertionError(f"watcher did not exit within {limit}s of signal {sig}")
         await asyncio.sleep(0.05)
     return proc.returncode, time.monotonic() - started
 
@@ -258,7 +258,7 @@ async def test_sigkill_mid_round_loses_no_logged_transition(
         await _wait_api(
             port,
             lambda js: len(js) == 20 and all(j["status"] in ("Completed", "Failed") for j in js),
-            timeout=40,
+            limit=40,
         )
         _, text = await _get(f"http://127.0.0.1:{port}/metrics")
         await _stop(proc, signal.SIGTERM)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests import corpus
 from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
 from watcher.app import build_azure, owned_vaults
 from watcher.azure.client import ArmClient
@@ -248,21 +250,17 @@ async def test_a_429_on_one_job_delays_every_request_to_its_subscription(tmp_pat
         await sim.close()
 
 
+_GET_JOB_BODY = json.loads((corpus.CORPUS / "2017-07-01" / "Common" / "GetJobDetails.json").read_text())[
+    "responses"
+]["200"]["body"]
+
+
 # -- concurrency --------------------------------------------------------------------------------
 
 
 async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
     """60 jobs, concurrency 4, a server that answers slowly: never more than 4 requests in flight at the server."""
-    with open(
-        Path(__file__).resolve().parents[1].parent
-        / "shared"
-        / "azure-corpus"
-        / "2017-07-01"
-        / "Common"
-        / "GetJobDetails.json",
-        encoding="utf-8",
-    ) as f:
-        body = json.load(f)["responses"]["200"]["body"]
+    body = _GET_JOB_BODY
     in_flight = 0
     peak = 0
     served = 0
@@ -381,9 +379,9 @@ async def test_rounds_do_not_drift(tmp_path: Path, sim: Simulator, estate: Estat
     async with running_watcher(config) as watcher:
         assert watcher.scheduler is not None
         scheduler = watcher.scheduler
-        await wait_for(lambda: scheduler.rounds >= 6, timeout=5)
+        await wait_for(lambda: scheduler.rounds >= 6, limit=5)
     starts = [r.time for r in sim.requests]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # Each gap is one interval (spread jitter within half an interval at most); no accumulating lag.
     assert all(0.1 <= g <= 0.5 for g in gaps), gaps
     total = starts[-1] - starts[0]

@@ -66,7 +66,7 @@ def test_garbage_file_and_newer_schema_are_clear_errors(tmp_path: Path) -> None:
     """A file that is not SQLite, or a schema from a newer version, is refused with the path in the message."""
     junk = tmp_path / "junk.sqlite3"
     junk.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreError, match="junk.sqlite3"):
+    with pytest.raises(StoreError, match=r"junk\.sqlite3"):
         Store.open(junk)
     newer = tmp_path / "newer.sqlite3"
     with sqlite3.connect(newer) as conn:
@@ -124,12 +124,12 @@ def test_pruning_forgets_old_finished_jobs_without_losing_totals(tmp_path: Path)
     clock.advance(40 * 86400)
     removed = tracker.prune(lookback=86400, retention=30 * 86400)
     assert removed == 1
-    assert set(k[1] for k in tracker.jobs) == {"keep", "running"}
+    assert {k[1] for k in tracker.jobs} == {"keep", "running"}
     assert tracker.counters[FINISHED] == totals
     assert (VAULT.key, "vm-drop", "Backup") in tracker.items
     assert tracker.store.transitions() == []
     tracker.store.close()
     restored = _tracker(path, clock, jobs=("keep",))
-    assert set(k[1] for k in restored.jobs) == {"keep", "running"}
+    assert {k[1] for k in restored.jobs} == {"keep", "running"}
     assert restored.counters[FINISHED] == totals
     restored.store.close()
