@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import resource
@@ -42,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,10 +282,11 @@ class Probe:
 
 @dataclass
 class RenderFigures:
-    """/metrics rendered in-process a few times in a row, and fetched over HTTP if it is served."""
+    """/metrics rendered in-process a few times in a row (wall and CPU seconds), and over HTTP."""
 
     first: float
     repeated: list[float]
+    cpu: list[float]
     size: int
     series: int
     http: list[float] = field(default_factory=list)
@@ -291,14 +294,15 @@ class RenderFigures:
 
 def time_render(registry: CollectorRegistry, reps: int) -> RenderFigures:
     """Time `generate_latest`; the first call after a change also rebuilds the tracker's snapshot."""
-    times = []
+    times, cpu = [], []
     body = b""
     for _ in range(reps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         body = generate_latest(registry)
         times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    return RenderFigures(times[0], times[1:] or times, len(body), series)
+    return RenderFigures(times[0], times[1:] or times, cpu[1:] or cpu, len(body), series)
 
 
 async def measure_metrics(watcher: Watcher, session: aiohttp.ClientSession, reps: int) -> RenderFigures:
@@ -312,27 +316,46 @@ async def measure_metrics(watcher: Watcher, session: aiohttp.ClientSession, reps
     return figures
 
 
-def render_finished_estate(settings: Settings, workdir: Path) -> RenderFigures:
-    """/metrics of the bench estate once every job has ended: a tracker fed each job's final GET body."""
-    now = time.time()
-    estate = bench_estate(settings.vaults, settings.jobs, now=now, spread=settings.spread)
-    later = now + settings.spread + 1
-    store = Store.open(workdir / "finished.sqlite3")
-    try:
-        tracker = Tracker(store)
+@dataclass
+class FinishedState:
+    """A fresh process holding the estate with every job ended, rendering its /metrics."""
+
+    render: RenderFigures
+    rss_before: float
+    rss_peak: float
+
+
+def finished_state(settings: Settings, workdir: Path) -> FinishedState:
+    """The bench estate once every job has ended, in this (fresh) process: a tracker fed each job's
+    final GET body, as the watcher is after a round that saw them end; then its /metrics."""
+    with open(os.devnull, "w") as devnull:
+        configure_logging("json", "info", stream=devnull)
+        rss_before = peak_rss_mb()
+        now = time.time()
+        estate = bench_estate(settings.vaults, settings.jobs, now=now, spread=settings.spread)
+        later = now + settings.spread + 1
         refs = [VaultRef(*vault) for vault in estate.vaults()]
-        tracker.set_vaults(VaultState(ref, discover=True) for ref in refs)
-        for ref in refs:
-            bodies = [
-                job_body(job, estate.status_of(job, later), later, extended=True)
-                for job in estate.jobs_in(ref.subscription_id, ref.resource_group, ref.name)
-            ]
-            tracker.observe_many(ref, [parse_job(body) for body in bodies], detailed=True)
-        registry = CollectorRegistry()
-        Metrics(registry, __version__).watch(tracker.snapshot)
-        return time_render(registry, settings.render_reps)
-    finally:
-        store.close()
+        store = Store.open(workdir / "finished.sqlite3")
+        try:
+            tracker = Tracker(store)
+            tracker.set_vaults(VaultState(ref, discover=True) for ref in refs)
+            for ref in refs:
+                jobs = estate.jobs_in(ref.subscription_id, ref.resource_group, ref.name)
+                bodies = [job_body(job, estate.status_of(job, later), later, extended=True) for job in jobs]
+                tracker.observe_many(ref, [parse_job(body) for body in bodies], detailed=True)
+            del estate
+            registry = CollectorRegistry()
+            Metrics(registry, __version__).watch(tracker.snapshot)
+            render = time_render(registry, settings.render_reps)
+        finally:
+            store.close()
+    return FinishedState(render, rss_before, peak_rss_mb())
+
+
+def finished_state_apart(settings: Settings, workdir: Path) -> FinishedState:
+    """`finished_state` in a spawned process, so its peak RSS is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(finished_state, settings, workdir).result(timeout=600)
 
 
 @dataclass
@@ -428,7 +451,9 @@ async def timed_gets(
 ) -> GetFigures:
     """`get` each job, `concurrency` at once, paced by ARM's budget per subscription; the first
     `concurrency` GETs warm up (connections, first-call setup) and are not counted."""
-    limiter = SubscriptionLimiter(ARM_BURST, ARM_PER_SECOND)
+    # A little under ARM's refill rate: jitter between our bucket and the server's would otherwise
+    # draw the odd 429, and a retry's cost is not what is compared here.
+    limiter = SubscriptionLimiter(ARM_BURST, 0.9 * ARM_PER_SECOND)
     slots = asyncio.Semaphore(concurrency)
     failed = 0
 
@@ -566,6 +591,8 @@ class Results:
     scraped_left: int = 0
     scraped_agree: int = 0
     codes: dict[str, int] = field(default_factory=dict)
+    finished: FinishedState | None = None
+    load: list[float] = field(default_factory=list)
     ours: GetFigures | None = None
     sdk: GetFigures | None = None
     answered: dict[str, int] = field(default_factory=dict)
@@ -698,11 +725,19 @@ def report(results: Results, command: str) -> None:
         f"in rounds {cpu_first}-{cpu_last})"
     )
     checkpoints = ", ".join(f"{name} {mb:.0f}" for name, mb in results.rss.items())
-    print(f"peak rss: {max(results.rss.values()):.1f} MB (peak so far, MB: {checkpoints})")
+    print(f"peak rss: {max(results.rss.values()):.1f} MB (the watcher run; peak so far, MB: {checkpoints})")
+    finished = results.finished
+    assert finished is not None
+    print(
+        f"peak rss every job ended: {finished.rss_peak:.1f} MB (a fresh process, "
+        f"{finished.rss_before:.0f} MB after imports, holding {s.total_jobs} ended jobs and rendering "
+        f"/metrics; no HTTP server or client)"
+    )
     for name, render in results.renders.items():
         print(
-            f"metrics render ({name}): first {ms(render.first)} (snapshot rebuilt), then median "
-            f"{ms(statistics.median(render.repeated))}; {render.size / 1e6:.2f} MB, {render.series} series"
+            f"metrics render ({name}): median {ms(statistics.median(render.repeated))} wall, "
+            f"{ms(statistics.median(render.cpu))} CPU (first, snapshot rebuilt: {ms(render.first)}); "
+            f"{render.size / 1e6:.2f} MB, {render.series} series"
         )
         if render.http:
             print(
@@ -738,11 +773,16 @@ def report(results: Results, command: str) -> None:
         f"{ours.cpu_per_1000 / sdk.cpu_per_1000:.3f} per GET (our client vs SDK)"
     )
     print(f"simulator answered: {results.answered}")
+    print(f"load average (1 min) at start and end: {results.load[0]:.2f}, {results.load[1]:.2f}")
     print()
     watch_requests = max([first.lists, *(r.lists for r in quiet)])
     peak = max(results.rss.values())
-    slowest = max(statistics.median(r.repeated) for r in results.renders.values())
-    print(f"target peak rss <= {TARGET_RSS_MB:g} MB: {verdict(peak <= TARGET_RSS_MB)} ({peak:.0f} MB)")
+    slowest = max(statistics.median(r.cpu) for r in results.renders.values())
+    print(
+        f"target peak rss <= {TARGET_RSS_MB:g} MB: "
+        f"{verdict(max(peak, finished.rss_peak) <= TARGET_RSS_MB)} "
+        f"({peak:.0f} MB in the run; {finished.rss_peak:.0f} MB with every job ended)"
+    )
     print(
         f"target round <= {TARGET_ROUND_REQUESTS} requests: "
         f"{verdict(watch_requests <= TARGET_ROUND_REQUESTS)} ({watch_requests} to watch every unfinished "
@@ -751,7 +791,7 @@ def report(results: Results, command: str) -> None:
     print(f"target cpu <= 1/3 of sdk: {verdict(ratio <= TARGET_CPU_RATIO)} ({ratio:.3f})")
     print(
         f"target metrics < {TARGET_METRICS_MS:g} ms: {verdict(slowest * 1000 < TARGET_METRICS_MS)} "
-        f"(slowest median render {ms(slowest)})"
+        f"(slowest median render {ms(slowest)} CPU)"
     )
 
 
@@ -821,10 +861,13 @@ def main(argv: list[str] | None = None) -> int:
             configure_logging("json", "info", stream=log)
             print(f"# simulator at {sim.url}; watcher log {workdir / 'watcher.log'}", flush=True)
             manifest = sim.manifest()
+            load = os.getloadavg()[0]
             results = asyncio.run(run_watcher(settings, sim.url, manifest, workdir))
-            print("# every job finished: /metrics of that state", flush=True)
-            results.renders["every job finished"] = render_finished_estate(settings, workdir)
+            print("# every job ended: that state in a fresh process", flush=True)
+            results.finished = finished_state_apart(settings, workdir)
+            results.renders["every job ended"] = results.finished.render
             asyncio.run(run_baselines(settings, sim.url, manifest, workdir, results))
+            results.load = [load, os.getloadavg()[0]]
         results.answered = sim.answered
         report(results, command)
     return 0

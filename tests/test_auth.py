@@ -111,8 +111,18 @@ def identity(monkeypatch: pytest.MonkeyPatch) -> dict[str, type[RecordedCredenti
     return fakes
 
 
+@pytest.fixture(scope="module")
+def rsa_certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PEM file with an RSA key and its certificate, as CertificateCredential wants (made once: RSA is slow)."""
+    path = tmp_path_factory.mktemp("sp") / "sp.pem"
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    leaf = ca.issue_cert("backup-watcher-sp", key_type=trustme.KeyType.RSA)
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
+    return path
+
+
 @pytest.fixture
-def sp_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def sp_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, rsa_certificate: Path) -> dict[str, str]:
     """The environment a service principal or workload identity reads (no real secret anywhere)."""
     token_file = tmp_path / "federated-token"
     token_file.write_text("eyJhbGciOiJSUzI1NiJ9.e30.sig")
@@ -120,22 +130,12 @@ def sp_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
         "AZURE_TENANT_ID": TENANT,
         "AZURE_CLIENT_ID": ENV_CLIENT,
         "AZURE_CLIENT_SECRET": "not-a-real-secret",
-        "AZURE_CLIENT_CERTIFICATE_PATH": str(rsa_certificate(tmp_path)),
+        "AZURE_CLIENT_CERTIFICATE_PATH": str(rsa_certificate),
         "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
-
-
-def rsa_certificate(directory: Path) -> Path:
-    """A PEM file with an RSA key and its certificate, as CertificateCredential wants."""
-    path = directory / "sp.pem"
-    if not path.exists():
-        ca = trustme.CA(key_type=trustme.KeyType.RSA)
-        leaf = ca.issue_cert("backup-watcher-sp", key_type=trustme.KeyType.RSA)
-        leaf.private_key_and_cert_chain_pem.write_to_path(str(path))
-    return path
 
 
 def azure(**fields: Any) -> AzureConfig:
@@ -365,18 +365,21 @@ async def test_real_credentials_sign_in_at_the_clouds_authority(
 
 
 @pytest.mark.parametrize("cloud", list(AUTHORITY))
-async def test_real_default_credential_carries_the_authority_and_env_client_id(
-    sp_env: dict[str, str], cloud: str
+@pytest.mark.parametrize(("client_id", "used_id"), [(None, ENV_CLIENT), (CONFIG_CLIENT, CONFIG_CLIENT)])
+async def test_real_default_credential_carries_the_authority_and_client_id(
+    sp_env: dict[str, str], cloud: str, client_id: str | None, used_id: str
 ) -> None:
-    """DefaultAzureCredential's env service principal uses the cloud's authority; AZURE_CLIENT_ID still counts."""
-    credential: Any = build_credential(azure(cloud=cloud, credential="default"))
+    """DefaultAzureCredential: env service principal at the cloud's authority; managed and workload identity
+    use the config's client_id, else AZURE_CLIENT_ID (not the system identity when the env names one)."""
+    credential: Any = build_credential(azure(cloud=cloud, credential="default", client_id=client_id))
     try:
         chain = {type(c).__name__: c for c in credential.credentials}
         environment = chain["EnvironmentCredential"]._credential
         assert isinstance(environment, aio.ClientSecretCredential)
         assert environment._client._authority == f"https://{AUTHORITY[cloud]}"
-        # Workload identity inside the chain falls back to AZURE_CLIENT_ID when the config names none.
-        assert chain["WorkloadIdentityCredential"]._client._client_id == ENV_CLIENT
+        managed = chain["ManagedIdentityCredential"]._credential
+        assert managed._client._identity_config == {"client_id": used_id}
+        assert chain["WorkloadIdentityCredential"]._client._client_id == used_id
     finally:
         await credential.close()
 
@@ -551,7 +554,7 @@ def add_job(estate: Estate, clock: FakeClock, duration: float = 600.0) -> SimJob
             operation="Backup",
             entity="vm-web-01",
             backup_management_type="AzureIaasVM",
-            start=clock() - 60,
+            start=clock() - 10,
             duration=duration,
         )
     )

@@ -95,13 +95,12 @@ class Daemon:
 
     def events(self) -> list[dict[str, Any]]:
         """The JSON log events written so far."""
-        out = []
-        for line in self.stderr().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
+        text = self.stderr()
+        complete = text[: text.rfind("\n") + 1]  # a line still being written is read next time
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def alive(self) -> bool:
+        """True while running; fails the test, showing the output, once the process has ended."""
         if self.proc.returncode is not None:
             raise AssertionError(f"exited with {self.proc.returncode}:\n{self.stdout()}\n{self.stderr()}")
         return True
@@ -114,7 +113,7 @@ class Daemon:
             started = [e for e in self.events() if e.get("event") == "watcher_started"]
             if started:
                 port.append(int(str(started[0]["listen"]).rpartition(":")[2]))
-            return bool(started) or not self.alive()
+            return self.alive() and bool(started)
 
         await poll_until(check, 20, "watcher_started logged", interval=0.05)
         return port[0]
@@ -416,7 +415,7 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
         found = re.search(r"metrics:\s+(http://127\.0\.0\.1:\d+/metrics)", daemon.stdout())
         if found:
             url.append(found.group(1))
-        return bool(found) or not daemon.alive()
+        return daemon.alive() and bool(found)
 
     await poll_until(banner, 20, "the banner with the metrics URL")
     status, text = await http_get(url[0])

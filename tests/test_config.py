@@ -297,6 +297,26 @@ def test_durations_print_short_and_parse_back(seconds: float, spelling: str) -> 
     assert parse_duration(spelling) == seconds
 
 
+def test_effective_config_spells_every_duration_with_a_unit() -> None:
+    """Every duration key of the effective config is printed in its largest exact unit, e.g. `1m`."""
+    data = effective_config(validate_config({"vaults": [VAULT]}, "x"))
+    durations = {
+        f"{section}.{key}": value
+        for section in SECTIONS
+        for key, value in data[section].items()
+        if isinstance(value, str) and re.fullmatch(r"[\d.]+(ms|s|m|h|d)", value)
+    }
+    assert durations == {
+        "poll.interval": "1m",
+        "poll.discovery_interval": "5m",
+        "poll.request_timeout": "30s",
+        "poll.backoff_initial": "2s",
+        "poll.backoff_max": "5m",
+        "discovery.lookback": "1d",
+        "store.retention": "30d",
+    }
+
+
 # -- the shipped configs --------------------------------------------------------------------------
 
 

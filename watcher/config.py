@@ -31,6 +31,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from watcher.errors import ConfigError
@@ -654,10 +655,16 @@ def load_config(path: str | os.PathLike[str], *, require_vaults: bool = True) ->
     return _validate(data, source, require_vaults, root)
 
 
+def _is_duration(field: FieldInfo) -> bool:
+    return any(isinstance(m, BeforeValidator) and m.func is parse_duration for m in field.metadata)
+
+
 def effective_config(config: Config) -> dict[str, Any]:
     """The config with every default filled in, durations spelled as in the file."""
     data = config.model_dump(mode="json")
-    for key in ("interval", "discovery_interval", "request_timeout", "backoff_initial", "backoff_max"):
-        data["poll"][key] = format_duration(getattr(config.poll, key))
-    data["discovery"]["lookback"] = format_duration(config.discovery.lookback)
+    for section in _SECTIONS:
+        values = getattr(config, section)
+        for name, field in type(values).model_fields.items():
+            if _is_duration(field):
+                data[section][name] = format_duration(getattr(values, name))
     return data

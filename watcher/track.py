@@ -42,7 +42,7 @@ class Display:
 
     out: TextIO
     mode: str  # live | plain | json
-    err: TextIO = sys.stderr  # errors go here unless --json, where every record goes to `out`
+    err: TextIO  # errors go here unless --json, where every record goes to `out`
     _last_shown: tuple[Any, ...] = ()
     _live_width: int = 0
 
@@ -266,11 +266,14 @@ async def track(
     give_up_after: float | None,
     interval: float,
     mode: str,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Follow a job or an operation's job(s) to the end; the exit status of the outcome."""
-    display = Display(out, mode, err)
+    """Follow a job or an operation's job(s) to the end; the exit status of the outcome.
+
+    `out` and `err` default to the process's stdout and stderr at the time of the call.
+    """
+    display = Display(out or sys.stdout, mode, err or sys.stderr)
     jobs: list[tuple[VaultRef, str]]
     if operation_url is None:
         assert vault_id is not None
