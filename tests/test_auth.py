@@ -335,8 +335,7 @@ def test_credential_keywords_exist_in_the_installed_azure_identity(
 
 
 def test_keyword_check_knows_what_the_async_classes_do_not_take() -> None:
-    """The check above has teeth: aio.DefaultAzureCredential has no interactive browser step to exclude,
-    and neither ManagedIdentityCredential nor AzureCliCredential takes an authority."""
+    """The keyword check has teeth: async DefaultAzureCredential has no browser step to exclude; MI and CLI take no authority."""
     assert "exclude_interactive_browser_credential" not in accepted_keywords(aio.DefaultAzureCredential)
     assert "authority" in accepted_keywords(aio.DefaultAzureCredential)
     assert "authority" not in accepted_keywords(aio.ManagedIdentityCredential)
@@ -369,8 +368,7 @@ async def test_real_credentials_sign_in_at_the_clouds_authority(
 async def test_real_default_credential_carries_the_authority_and_client_id(
     sp_env: dict[str, str], cloud: str, client_id: str | None, used_id: str
 ) -> None:
-    """DefaultAzureCredential: env service principal at the cloud's authority; managed and workload identity
-    use the config's client_id, else AZURE_CLIENT_ID (not the system identity when the env names one)."""
+    """DefaultAzureCredential signs in at the cloud's authority; MI and workload identity use client_id, else AZURE_CLIENT_ID."""
     credential: Any = build_credential(azure(cloud=cloud, credential="default", client_id=client_id))
     try:
         chain = {type(c).__name__: c for c in credential.credentials}

@@ -1,7 +1,8 @@
 """`backup-watcher track` run as a user runs it: a subprocess against a simulator on 127.0.0.1.
 
-The estate here runs on wall-clock time (jobs of about a second), so each case takes a second or two;
-independent cases run concurrently.
+The simulator's estate runs on the test's hand-moved clock: a job stays InProgress until the test has
+seen `track` look at it and then moves the clock past its end, so no case waits for a job to finish
+and none depends on how fast a subprocess starts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.conftest import SUB, TOKEN_ENV, cli
+from tests.conftest import SUB, TOKEN_ENV, FakeClock, cli, wait_for
+from watcher.cli import main
 from watcher.sim import SIM_TOKEN, Estate, SimJob, Simulator
 from watcher.sim.scenarios import DEMO_SUBSCRIPTION
 
@@ -31,12 +33,6 @@ RG = "rg-backup"
 VAULT = "vault-a"
 VAULT_ID = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.RecoveryServices/vaults/{VAULT}"
 AUTH = {"Authorization": f"Bearer {SIM_TOKEN}"}
-
-
-@pytest.fixture
-def clock() -> Callable[[], float]:
-    """Wall time: the subprocess watches jobs end for real (overrides conftest's hand-moved clock)."""
-    return time.time
 
 
 @dataclass
@@ -66,6 +62,12 @@ async def run(*args: str, env: dict[str, str], limit: float = 20.0) -> Run:
     return Run(proc.returncode, out.decode(), err.decode())
 
 
+async def when_seen(sim: Simulator, fragment: str, then: Callable[[], None]) -> None:
+    """Once the simulator has answered a request whose path contains `fragment`, call `then`."""
+    await wait_for(lambda: any(fragment in r.path and r.status == 200 for r in sim.requests), limit=15)
+    then()
+
+
 @pytest.fixture
 def config_file(sim: Simulator, tmp_path: Path) -> str:
     """A track config for the simulator: static token from the test env var, fast retries, no vaults."""
@@ -87,7 +89,7 @@ def config_file(sim: Simulator, tmp_path: Path) -> str:
 
 
 def add_job(estate: Estate, job_id: str, outcome: str = "Completed", duration: float = 1.0) -> SimJob:
-    """A job in the test vault that started just now and ends `duration` seconds later with `outcome`."""
+    """A job in the test vault that started just now (estate time) and ends `duration` later with `outcome`."""
     return estate.add(
         SimJob(
             subscription_id=SUB,
@@ -98,7 +100,7 @@ def add_job(estate: Estate, job_id: str, outcome: str = "Completed", duration: f
             operation="Backup",
             entity="vm-web-01",
             backup_management_type="AzureIaasVM",
-            start=time.time() - 0.1,
+            start=estate.clock() - 0.1,
             duration=duration,
             outcome=outcome,
         )
@@ -107,6 +109,7 @@ def add_job(estate: Estate, job_id: str, outcome: str = "Completed", duration: f
 
 async def trigger_backup(sim: Simulator, vm: str) -> str:
     """POST .../protectedItems/{item}/backup; the Azure-AsyncOperation URL of its 202."""
+    sim.estate.add_vault(SUB, RG, VAULT)
     item = f"vm;iaasvmcontainerv2;rg-app;{vm}"
     url = (
         f"{sim.url}{VAULT_ID}/backupFabrics/Azure/protectionContainers/iaasvmcontainer;iaasvmcontainerv2;"
@@ -133,48 +136,52 @@ def track_args(config: str, job_id: str, *extra: str) -> list[str]:
 
 
 async def test_exit_status_follows_the_job_outcome(
-    estate: Estate, config_file: str, cli_env: dict[str, str]
+    sim: Simulator, estate: Estate, clock: FakeClock, config_file: str, cli_env: dict[str, str]
 ) -> None:
     """Completed 0, CompletedWithWarnings 3, Failed 4, Cancelled 5; plain lines show the way there."""
     outcomes = {"Completed": 0, "CompletedWithWarnings": 3, "Failed": 4, "Cancelled": 5}
     ids = {outcome: f"00000000-0000-4000-8000-00000000000{i}" for i, outcome in enumerate(outcomes)}
     for outcome, job_id in ids.items():
         add_job(estate, job_id, outcome)
-    runs = await asyncio.gather(*(run(*track_args(config_file, ids[o]), env=cli_env) for o in outcomes))
-    for (outcome, code), result in zip(outcomes.items(), runs, strict=True):
+    runs = asyncio.gather(*(run(*track_args(config_file, ids[o]), env=cli_env) for o in outcomes))
+    for job_id in ids.values():
+        await when_seen(sim, job_id, lambda: None)
+    clock.advance(2)
+    for (outcome, code), result in zip(outcomes.items(), await runs, strict=True):
         assert result.code == code, (outcome, result)
         lines = result.out.splitlines()
         assert "\r" not in result.out
-        assert re.fullmatch(r"vault-a  vm-web-01  Backup  (InProgress|Cancelling)  00:00:0\d.*", lines[0])
+        assert re.fullmatch(r"vault-a  vm-web-01  Backup  (InProgress|Cancelling)  00:00:00.*", lines[0])
         assert f"vault-a  vm-web-01  Backup  {outcome}  00:00:01" in lines
-    assert runs[2].out.splitlines()[-1].startswith("  error ")  # a failed job says why
+    assert (await runs)[2].out.splitlines()[-1].startswith("  error ")  # a failed job says why
 
 
-async def test_timeout_exits_6(estate: Estate, config_file: str, cli_env: dict[str, str]) -> None:
-    """A job still running when --timeout passes: exit 6 and a note on stderr, in well under a second more."""
-    add_job(estate, "00000000-0000-4000-8000-000000000060", duration=60)
+async def test_timeout_exits_6(config_file: str, estate: Estate, cli_env: dict[str, str]) -> None:
+    """A job still running when --timeout passes: exit 6 and a note on stderr, without waiting longer."""
+    job_id = "00000000-0000-4000-8000-000000000060"
+    add_job(estate, job_id, duration=60)
     started = time.monotonic()
-    result = await run(
-        *track_args(config_file, "00000000-0000-4000-8000-000000000060", "--timeout", "0.6s"), env=cli_env
-    )
+    result = await run(*track_args(config_file, job_id, "--timeout", "0.6s"), env=cli_env)
     assert result.code == 6
-    assert "gave up after 0.6s: job 00000000-0000-4000-8000-000000000060 is still running" in result.err
+    assert f"gave up after 0.6s: job {job_id} is still running" in result.err
     assert "InProgress" in result.out
     assert time.monotonic() - started < 10
 
 
 async def test_json_lines_parse_and_end_with_the_outcome(
-    estate: Estate, config_file: str, cli_env: dict[str, str]
+    sim: Simulator, estate: Estate, clock: FakeClock, config_file: str, cli_env: dict[str, str]
 ) -> None:
     """--json writes one JSON object a line: job records while it runs, then `done` with the exit code."""
     job_id = "00000000-0000-4000-8000-0000000000a3"
     add_job(estate, job_id, "CompletedWithWarnings")
-    result = await run(*track_args(config_file, job_id, "--json"), env=cli_env)
-    assert result.code == 3
-    records = result.json_lines()
+    result = asyncio.ensure_future(run(*track_args(config_file, job_id, "--json"), env=cli_env))
+    await when_seen(sim, job_id, lambda: clock.advance(2))
+    done = await result
+    assert done.code == 3
+    records = done.json_lines()
     jobs = [r for r in records if r["event"] == "job"]
-    assert jobs[0]["status"] == "InProgress"
-    assert jobs[-1]["status"] == "CompletedWithWarnings"
+    assert [r["status"] for r in jobs] == ["InProgress", "CompletedWithWarnings"]
+    assert jobs[0]["current_task"]
     assert jobs[-1]["errors"]
     assert {r["job_id"] for r in jobs} == {job_id}
     assert records[-1] == {
@@ -186,28 +193,32 @@ async def test_json_lines_parse_and_end_with_the_outcome(
 
 
 async def test_operation_url_of_a_real_202_is_followed_to_its_job(
-    sim: Simulator, estate: Estate, config_file: str, cli_env: dict[str, str]
+    sim: Simulator, estate: Estate, clock: FakeClock, config_file: str, cli_env: dict[str, str]
 ) -> None:
     """--operation-url from POST .../backup: the operation is polled to Succeeded, then its job to Completed."""
-    estate.script_item("vm-web-07", duration=0.8)
+    estate.script_item("vm-web-07", duration=30)
     url = await trigger_backup(sim, "vm-web-07")
-    result = await run(
-        "track", "--config", config_file, "--operation-url", url, "--interval", "0.2s", "--json", env=cli_env
-    )
-    assert result.code == 0, result
-    records = result.json_lines()
+    args = ["track", "--config", config_file, "--operation-url", url, "--interval", "0.2s", "--json"]
+    result = asyncio.ensure_future(run(*args, env=cli_env))
+    await when_seen(sim, "/operationsStatus/", lambda: clock.advance(1))
+    await when_seen(sim, "/backupJobs/", lambda: clock.advance(60))
+    done = await result
+    assert done.code == 0, done
+    records = done.json_lines()
     operations = [r for r in records if r["event"] == "operation"]
-    assert operations[-1]["status"] == "Succeeded"
+    assert [r["status"] for r in operations] == ["InProgress", "Succeeded"]
     (job_id,) = operations[-1]["job_ids"]
+    assert [r["status"] for r in records if r["event"] == "job"] == ["InProgress", "Completed"]
     assert records[-1] == {"event": "done", "job_id": job_id, "status": "Completed", "exit_code": 0}
-    assert "operationsStatus" not in result.out + result.err
+    assert "operationsStatus" not in done.out + done.err
 
 
 async def test_failed_operation_exits_4_with_its_error(
-    sim: Simulator, config_file: str, cli_env: dict[str, str]
+    sim: Simulator, clock: FakeClock, config_file: str, cli_env: dict[str, str]
 ) -> None:
     """An operation that fails (item locked) exits 4 and says ARM's error code; no job is looked for."""
     url = await trigger_backup(sim, "vm-fail-01")
+    clock.advance(1)
     result = await run(
         "track", "--config", config_file, "--operation-url", url, "--interval", "0.2s", env=cli_env
     )
@@ -216,17 +227,24 @@ async def test_failed_operation_exits_4_with_its_error(
     assert not any("/backupJobs/" in r.path for r in sim.requests)
 
 
+async def test_usage_error_exits_2_as_a_process(config_file: str, cli_env: dict[str, str]) -> None:
+    """The real command exits 2 for a usage mistake and says what is wrong on stderr."""
+    result = await run("track", "--config", config_file, "--vault-id", VAULT_ID, env=cli_env)
+    assert (result.code, result.out) == (2, "")
+    assert "error: --vault-id needs --job-id" in result.err
+
+
 async def test_usage_and_config_errors_exit_2(
-    sim: Simulator, config_file: str, cli_env: dict[str, str], tmp_path: Path
+    config_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each usage or config mistake exits 2 with a message on stderr, and nothing is sent to ARM."""
+    """Each usage or config mistake exits 2 with a message on stderr, before anything is sent."""
+    for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "WATCHER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
     secret_config = tmp_path / "sp.yaml"
     secret_config.write_text(yaml.safe_dump({"azure": {"credential": "client_secret"}}))
-    op = f"{sim.url}{VAULT_ID}/backupOperations/7e6b89db-1dfe-44da-b7fa-9678fd4260d6?api-version=2024-04-01"
-    foreign_op = op.replace(sim.url, "https://management.azure.com")
+    op = f"http://127.0.0.1:9{VAULT_ID}/backupOperations/7e6b89db-1dfe-44da-b7fa-9678fd4260d6?api-version=2024-04-01"
     job = "00000000-0000-4000-8000-000000000001"
     cases: dict[str, tuple[list[str], str]] = {
-        "vault without job": (["--config", config_file, "--vault-id", VAULT_ID], "--vault-id needs --job-id"),
         "job with operation": (
             ["--config", config_file, "--operation-url", op, "--job-id", job],
             "--job-id goes with --vault-id",
@@ -250,14 +268,14 @@ async def test_usage_and_config_errors_exit_2(
         ),
         "not a vault id": (
             ["--config", config_file, "--vault-id", "/subscriptions/x/resourceGroups/rg", "--job-id", job],
-            "--vault-id",
+            "error: --vault-id: not a Recovery Services vault id",
         ),
         "foreign operation": (
-            ["--config", config_file, "--operation-url", foreign_op],
+            ["--config", config_file, "--operation-url", op],
             "not the configured management endpoint",
         ),
         "not an operation url": (
-            ["--config", config_file, "--operation-url", sim.url + "/foo"],
+            ["--config", config_file, "--operation-url", "http://127.0.0.1:9/foo"],
             "not an operation URL",
         ),
         "secret not in env": (
@@ -265,18 +283,23 @@ async def test_usage_and_config_errors_exit_2(
             "credential client_secret needs the environment variable(s) AZURE_TENANT_ID, AZURE_CLIENT_SECRET",
         ),
     }
-    env = {k: v for k, v in cli_env.items() if not k.startswith("AZURE_")}
-    results = await asyncio.gather(*(run("track", *args, env=env) for args, _ in cases.values()))
-    for (name, (_, message)), result in zip(cases.items(), results, strict=True):
-        assert result.code == 2, (name, result)
-        assert message in result.err, (name, result.err)
-    assert sim.requests == []
+    for name, (args, message) in cases.items():
+        try:
+            code = await asyncio.to_thread(main, ["track", *args])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        assert code == 2, (name, out, err)
+        assert message in err, (name, err)
+        assert out == "", name
 
 
-async def test_live_line_on_a_terminal(estate: Estate, config_file: str, cli_env: dict[str, str]) -> None:
-    """On a terminal one line is redrawn in place (carriage returns) and ended with the final status."""
+async def test_live_line_on_a_terminal(
+    sim: Simulator, estate: Estate, clock: FakeClock, config_file: str, cli_env: dict[str, str]
+) -> None:
+    """On a terminal one line is redrawn in place: status, elapsed, current task, progress; then the outcome."""
     job_id = "00000000-0000-4000-8000-0000000000f1"
-    add_job(estate, job_id, duration=0.8)
+    add_job(estate, job_id, duration=100)
     primary, secondary = os.openpty()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -287,6 +310,9 @@ async def test_live_line_on_a_terminal(estate: Estate, config_file: str, cli_env
         )
         os.close(secondary)
         secondary = -1
+        await when_seen(sim, job_id, lambda: clock.advance(50))
+        await wait_for(lambda: sum(job_id in r.path for r in sim.requests) >= 2, limit=15)
+        clock.advance(60)
         await asyncio.wait_for(proc.wait(), 20)
         chunks = []
         while True:
@@ -303,9 +329,10 @@ async def test_live_line_on_a_terminal(estate: Estate, config_file: str, cli_env
             os.close(secondary)
     screen = b"".join(chunks).decode()
     assert proc.returncode == 0
-    assert screen.count("\r") >= 3  # the terminal's own \r\n plus our redraws
-    assert "InProgress" in screen
-    assert re.search(r"Completed  00:00:0\d\s*\r?\n", screen)
+    redraws = screen.split("\r")
+    assert re.match(r"vault-a  vm-web-01  Backup  InProgress  00:00:00  \S.* \d+%", redraws[1])
+    assert any(re.match(r"vault-a  vm-web-01  Backup  InProgress  00:00:50  \S.* \d+%", r) for r in redraws)
+    assert re.search(r"\rvault-a  vm-web-01  Backup  Completed  00:01:40 *\r\n$", screen)
 
 
 async def test_walkthrough_from_the_docs_against_the_demo_simulator(

@@ -8,7 +8,6 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -278,10 +277,11 @@ async def run_daemon(
     if setup is not None:
         setup(watcher)
     loop = asyncio.get_running_loop()
-    await watcher.start()
     reloads: set[asyncio.Task[bool]] = set()
 
     def on_hup() -> None:
+        if watcher.tracker is None:
+            return  # still starting: the config being loaded is the newest anyway
         task = asyncio.ensure_future(watcher.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
@@ -291,10 +291,12 @@ async def run_daemon(
             log.info("shutdown_requested", signal=signame)
         watcher.stop_event.set()
 
+    # Handlers first: a SIGTERM while the store opens or the port binds still ends cleanly.
     loop.add_signal_handler(signal.SIGTERM, on_stop, "SIGTERM")
     loop.add_signal_handler(signal.SIGINT, on_stop, "SIGINT")
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
+        await watcher.start()
         if on_started is not None:
             on_started(watcher)
         await watcher.wait()
@@ -306,7 +308,3 @@ async def run_daemon(
         return 1
     log.info("watcher_stopped")
     return 0
-
-
-def default_store_dir() -> Path:
-    return Path.cwd()

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +17,8 @@ import yaml
 
 from watcher import __version__
 from watcher.config import Config, effective_config, load_config, parse_duration
-from watcher.errors import ConfigError, StoreError, WatcherError
-from watcher.logs import configure_logging, get_logger
+from watcher.errors import ConfigError, WatcherError
+from watcher.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -165,12 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError("backup-watcher", [("--listen", str(exc))]) from None
     configure_logging(config.logging.format, config.logging.level)
-    try:
-        return asyncio.run(run_daemon(config, config_path=args.config, shard=shard, listen=args.listen))
-    except StoreError as exc:
-        get_logger().error("store_unusable", error=str(exc))
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
+    return asyncio.run(run_daemon(config, config_path=args.config, shard=shard, listen=args.listen))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -277,11 +271,3 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return asyncio.run(serve())
-
-
-def demo_store_path() -> Path:
-    """A fresh store per demo run unless WATCHER_STORE_PATH names one."""
-    env = os.environ.get("WATCHER_STORE_PATH")
-    if env:
-        return Path(env)
-    return Path(tempfile.mkdtemp(prefix="backup-watcher-demo-")) / "state.sqlite3"

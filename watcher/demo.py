@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from watcher.app import Watcher, run_daemon
@@ -92,7 +94,6 @@ def _human(seconds: float) -> str:
 
 def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | None) -> int:
     """Start the simulator and the watcher; print changes until SIGINT/SIGTERM."""
-    from watcher.cli import demo_store_path
     from watcher.sim import SIM_TOKEN, demo_estate, demo_vaults, start_simulator
 
     configure_logging(log_format or "json", "info" if log_format else "warning")
@@ -103,10 +104,11 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
         estate = demo_estate(time.time())
         sim = await start_simulator(estate)
         sim.max_recorded = 1000  # the demo may run for days; tests are what read the history
+        # A fresh store per run, removed afterwards, unless WATCHER_STORE_PATH names one to keep.
+        scratch = tempfile.TemporaryDirectory(prefix="backup-watcher-demo-")
+        store_path = os.environ.get("WATCHER_STORE_PATH") or str(Path(scratch.name) / "state.sqlite3")
         try:
-            config = demo_config(
-                sim.url, demo_vaults(estate), listen=listen, store_path=str(demo_store_path())
-            )
+            config = demo_config(sim.url, demo_vaults(estate), listen=listen, store_path=store_path)
             printer = ChangePrinter(out)
 
             def setup(watcher: Watcher) -> None:
@@ -133,5 +135,6 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
             )
         finally:
             await sim.close()
+            scratch.cleanup()
 
     return asyncio.run(main())

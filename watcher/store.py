@@ -215,6 +215,8 @@ class Store:
                     raise StoreError(f"state store {db} does not exist")
                 conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
             else:
+                if db.is_dir():
+                    raise StoreError(f"cannot use state store {db}: it is a directory; store.path must name a file")
                 db.parent.mkdir(parents=True, exist_ok=True)
                 lock_fd = _lock(db)
                 conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)
