@@ -99,8 +99,10 @@ def _free_port() -> int:
 # -- configs derived from the shipped files ---------------------------------------------------------
 
 
-def _load(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
+def _load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(data, dict), path
+    return data
 
 
 def _rules_by_name(rules: dict[str, Any]) -> dict[str, dict[str, Any]]:

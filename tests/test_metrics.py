@@ -464,11 +464,6 @@ async def test_reload_drops_a_removed_vaults_series_and_adds_the_new_ones(
     assert _values(after, "azure_backup_watcher_config_last_reload_successful") == {(): 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in watcher/metrics.py: a request in flight during a reload re-creates the per-subscription "
-    "series that Metrics.forget_subscriptions() just dropped, and nothing drops them again",
-)
 async def test_reload_drops_a_removed_subscriptions_series_even_with_a_request_in_flight(
     tmp_path: Path, estate: Estate, clock: FakeClock, sim: Simulator
 ) -> None:

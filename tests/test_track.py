@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import yaml
 
 from tests.conftest import SUB, TOKEN_ENV, FakeClock, cli, wait_for
@@ -234,8 +236,24 @@ async def test_usage_error_exits_2_as_a_process(config_file: str, cli_env: dict[
     assert "error: --vault-id needs --job-id" in result.err
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI run in-process configures structlog and the root logger; put both back afterwards."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 async def test_usage_and_config_errors_exit_2(
-    config_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    restore_logging: None,
+    config_file: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each usage or config mistake exits 2 with a message on stderr, before anything is sent."""
     for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "WATCHER_CONFIG"):

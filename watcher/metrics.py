@@ -91,21 +91,31 @@ class Metrics:
         )
         self.config_reload_ok.set(1)
         self._collector: TrackerCollector | None = None
+        # Subscriptions still watched once a reload has narrowed them (None: every one). Requests of
+        # the old config still in flight must not bring back the series of one that was dropped.
+        self._subscriptions: set[str] | None = None
+
+    def _watched(self, subscription_id: str) -> bool:
+        return self._subscriptions is None or subscription_id.lower() in self._subscriptions
 
     # RequestObserver
     def request_done(self, subscription_id: str, endpoint: str, code: str, seconds: float) -> None:
-        self.api_requests.labels(subscription_id, endpoint, code).inc()
+        if self._watched(subscription_id):
+            self.api_requests.labels(subscription_id, endpoint, code).inc()
         self.api_latency.labels(endpoint).observe(seconds)
 
     def throttled(self, subscription_id: str) -> None:
-        self.api_throttled.labels(subscription_id).inc()
+        if self._watched(subscription_id):
+            self.api_throttled.labels(subscription_id).inc()
 
     def remaining(self, subscription_id: str, value: int) -> None:
-        self.ratelimit_remaining.labels(subscription_id).set(value)
+        if self._watched(subscription_id):
+            self.ratelimit_remaining.labels(subscription_id).set(value)
 
     def forget_subscriptions(self, keep: Iterable[str]) -> None:
         """Drop per-subscription series of subscriptions no longer watched (after a reload)."""
         wanted = {s.lower() for s in keep}
+        self._subscriptions = wanted
         for metric in (self.api_requests, self.api_throttled, self.ratelimit_remaining):
             for labels in list(_label_sets(metric)):
                 if labels[0].lower() not in wanted:

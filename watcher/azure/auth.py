@@ -55,20 +55,27 @@ CLOUDS: dict[str, Cloud] = {
 
 
 class AccessTokenLike(Protocol):
-    token: str
-    expires_on: int
+    """azure-core's AccessToken, or anything with a token and its expiry (epoch seconds)."""
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def expires_on(self) -> int: ...
 
 
 class AsyncCredential(Protocol):
     """What azure-identity's async credentials and our static one have in common."""
 
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
 
     async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class StaticAccessToken:
+    """A token from the environment with the expiry we assume for it."""
+
     token: str
     expires_on: int
 
