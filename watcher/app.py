@@ -243,6 +243,8 @@ class Watcher:
     async def stop(self) -> None:
         """Stop intake, let in-flight requests finish within the grace period, close everything."""
         self.stop_event.set()
+        if self.azure is not None:
+            self.azure.client.stopping.set()
         if self._loop_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._loop_task), timeout=self.grace + 2)

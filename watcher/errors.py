@@ -5,6 +5,7 @@ WatcherError
  +-- ConfigError            bad config file; .details lists (location, message)
  +-- StoreError             the state store cannot be opened or written
  +-- AzureError             anything that went wrong talking to Azure; .reason is the metric label
+      +-- TlsVerificationError  the endpoint's certificate does not verify (set ca_bundle)     (connection)
       +-- AuthError             401 after one forced token refresh, or no token at all     (auth)
       +-- ForbiddenError        403: the identity may not read this vault                  (forbidden)
       +-- NotFoundError         404: no such job, vault or operation                        (not_found)
@@ -62,6 +63,12 @@ class AzureError(WatcherError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class TlsVerificationError(AzureError):
+    """The endpoint's TLS certificate does not verify: retrying cannot help, `ca_bundle` may."""
+
+    reason = "connection"
 
 
 class AuthError(AzureError):

@@ -216,7 +216,9 @@ class Store:
                 conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
             else:
                 if db.is_dir():
-                    raise StoreError(f"cannot use state store {db}: it is a directory; store.path must name a file")
+                    raise StoreError(
+                        f"cannot use state store {db}: it is a directory; store.path must name a file"
+                    )
                 db.parent.mkdir(parents=True, exist_ok=True)
                 lock_fd = _lock(db)
                 conn = sqlite3.connect(db, timeout=5.0, isolation_level=None)

@@ -56,6 +56,7 @@ from watcher.errors import (
     RetryableError,
     ServerError,
     ThrottledError,
+    TlsVerificationError,
 )
 from watcher.logs import get_logger, redact
 
@@ -64,12 +65,6 @@ log = get_logger("backup_watcher.client")
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a list page of 200 jobs is well under 1 MB
 _SUPPORTED_VERSIONS = re.compile(r"supported (?:api-)?versions are '([^']*)'", re.IGNORECASE)
 _SUBSCRIPTION_IN_PATH = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
-
-
-class TlsVerificationError(AzureError):
-    """The endpoint's TLS certificate does not verify: retrying cannot help, `ca_bundle` may."""
-
-    reason = "connection"
 
 
 class RequestObserver(Protocol):
@@ -173,6 +168,7 @@ class ArmClient:
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests_sent = 0
+        self.stopping = asyncio.Event()  # set on shutdown: retries end instead of sleeping
         parts = urlsplit(self.endpoint)
         self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
         if parts.scheme.lower() != "https" and not (parts.scheme.lower() == "http" and _loopback(parts)):
@@ -301,6 +297,17 @@ class ArmClient:
 
     # -- the one retry loop -----------------------------------------------------------------
 
+    async def _pause(self, delay: float) -> None:
+        """Sleep before a retry, cut short (with the error re-raised by the caller) on shutdown."""
+        sleeper = asyncio.ensure_future(self.sleep(delay))
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+
     async def request(self, endpoint: str, url: str, *, method: str = "GET") -> ApiResponse:
         """Send one logical request, retrying what is worth retrying; raise a typed AzureError."""
         subscription = subscription_of(url)
@@ -309,6 +316,8 @@ class ArmClient:
         while True:
             try:
                 return await self._attempt(endpoint, url, method, subscription)
+            except _Paused:
+                continue  # not an attempt: it was never sent; the limiter waits out the pause
             except _Unauthorized as exc:
                 if refreshed:
                     raise AuthError(
@@ -335,7 +344,9 @@ class ArmClient:
                     delay=round(delay, 3),
                 )
                 attempt += 1
-                await self.sleep(delay)
+                if self.stopping.is_set():
+                    raise  # shutting down: no more retries
+                await self._pause(delay)
 
     async def _attempt(self, endpoint: str, url: str, method: str, subscription: str) -> ApiResponse:
         # Checked on every attempt, before a token is fetched: no path leads a token elsewhere.
@@ -350,6 +361,9 @@ class ArmClient:
         started = time.perf_counter()
         code = "error"
         async with self._slots:
+            if self.limiter.paused_for(subscription) > 0:
+                # A 429 paused the subscription while this request waited for a slot.
+                raise _Paused()
             self.requests_sent += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -421,6 +435,10 @@ class ArmClient:
 
 def _loopback(parts: SplitResult) -> bool:
     return is_loopback_host(parts.hostname)
+
+
+class _Paused(Exception):
+    """The subscription was paused between taking a token and getting a slot."""
 
 
 class _Unauthorized(Exception):
