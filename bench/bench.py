@@ -92,6 +92,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def spawned_peak_rss_mb() -> float:
+    """`peak_rss_mb` for a process spawned from a big one: Linux carries ru_maxrss over fork and exec,
+    so this reads the peak of the process's own memory instead (VmHWM), where /proc has it."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return peak_rss_mb()
+
+
 def percentile(values: list[float], share: float) -> float:
     """The nearest-rank percentile (`share` in 0..1) of a non-empty list."""
     ordered = sorted(values)
@@ -330,7 +341,7 @@ def finished_state(settings: Settings, workdir: Path) -> FinishedState:
     final GET body, as the watcher is after a round that saw them end; then its /metrics."""
     with open(os.devnull, "w") as devnull:
         configure_logging("json", "info", stream=devnull)
-        rss_before = peak_rss_mb()
+        rss_before = spawned_peak_rss_mb()
         now = time.time()
         estate = bench_estate(settings.vaults, settings.jobs, now=now, spread=settings.spread)
         later = now + settings.spread + 1
@@ -349,7 +360,7 @@ def finished_state(settings: Settings, workdir: Path) -> FinishedState:
             render = time_render(registry, settings.render_reps)
         finally:
             store.close()
-    return FinishedState(render, rss_before, peak_rss_mb())
+    return FinishedState(render, rss_before, spawned_peak_rss_mb())
 
 
 def finished_state_apart(settings: Settings, workdir: Path) -> FinishedState:

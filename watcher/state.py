@@ -31,7 +31,7 @@ DURATION = "job_duration"
 
 # A job that ended before the watcher first started is history, not news: it is recorded (it feeds the
 # per-item gauges) but not counted as "seen finishing". The slack covers clock skew with Azure.
-COUNT_SLACK_SECONDS = 300.0
+COUNT_SLACK_SECONDS = 60.0
 
 
 def _ts(moment: datetime | None) -> float | None:
