@@ -82,6 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and serve until told to stop."""
     parser = argparse.ArgumentParser(prog="python -m bench.simserver", description=__doc__.splitlines()[0])
     parser.add_argument("--vaults", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=50, help="jobs per vault")
