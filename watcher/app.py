@@ -158,7 +158,7 @@ class Watcher:
     async def _serve(self) -> None:
         assert self.tracker is not None
         app = create_app(
-            registry=self.registry,
+            render=self.metrics.render,
             healthy=self.healthy,
             ready=lambda: self.scheduler is not None and self.scheduler.ready,
             jobs=self.tracker.api_jobs,

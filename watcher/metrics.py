@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES
 from watcher.state import DURATION_BUCKETS, FINISHED, TRANSITIONS, Snapshot
@@ -43,6 +46,10 @@ FINAL_ORDER = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
 assert set(FINAL_ORDER) == FINAL_STATUSES
 assert set(WATCHED_STATUSES) == FINAL_STATUSES | ACTIVE_STATUSES
 
+# Sample values exactly as prometheus_client writes them (Go's float format); untyped upstream.
+_number = cast(Callable[[float], str], floatToGoString)
+generate_openmetrics = cast(Callable[[CollectorRegistry], bytes], openmetrics_latest)
+
 API_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -51,43 +58,47 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
+        # The daemon's own metrics live apart so /metrics can format them with prometheus_client and the
+        # tracker's families with `TrackerCollector.lines`; `registry` still collects both.
+        self._own = CollectorRegistry()
+        registry.register(self._own)
         self.build_info = Gauge(
             "azure_backup_watcher_build_info",
             "backup-watcher build information; always 1.",
             ["version"],
-            registry=registry,
+            registry=self._own,
         )
         self.build_info.labels(version=version).set(1)
         self.api_requests = Counter(
             "azure_backup_watcher_api_requests_total",
             "Requests sent to Azure Resource Manager, by kind and HTTP status (error: no response).",
             ["subscription_id", "endpoint", "code"],
-            registry=registry,
+            registry=self._own,
         )
         self.api_latency = Histogram(
             "azure_backup_watcher_api_request_duration_seconds",
             "Latency of requests to Azure Resource Manager.",
             ["endpoint"],
             buckets=API_LATENCY_BUCKETS,
-            registry=registry,
+            registry=self._own,
         )
         self.api_throttled = Counter(
             "azure_backup_watcher_api_throttled_total",
             "429 Too Many Requests answers from Azure Resource Manager.",
             ["subscription_id"],
-            registry=registry,
+            registry=self._own,
         )
         self.ratelimit_remaining = Gauge(
             "azure_backup_watcher_ratelimit_remaining_reads",
             "Remaining read budget Azure last reported for the subscription "
             "(x-ms-ratelimit-remaining-subscription-reads or -resource-requests).",
             ["subscription_id"],
-            registry=registry,
+            registry=self._own,
         )
         self.config_reload_ok = Gauge(
             "azure_backup_watcher_config_last_reload_successful",
             "1 if the last config (re)load succeeded, else 0.",
-            registry=registry,
+            registry=self._own,
         )
         self.config_reload_ok.set(1)
         self._collector: TrackerCollector | None = None
@@ -121,6 +132,14 @@ class Metrics:
                 if labels[0].lower() not in wanted:
                     metric.remove(*labels)
 
+    def render(self, openmetrics: bool) -> bytes:
+        """The /metrics body, in the OpenMetrics form or the Prometheus text form."""
+        tracker = self._collector.lines(openmetrics) if self._collector is not None else []
+        if not openmetrics:
+            return b"".join([generate_latest(self._own), *tracker])
+        own = generate_openmetrics(self._own).removesuffix(b"# EOF\n")
+        return b"".join([own, *tracker, b"# EOF\n"])
+
     def watch(self, snapshot: Callable[[], Snapshot]) -> None:
         """Render job state from `snapshot()` at every scrape."""
         if self._collector is not None:
@@ -139,18 +158,75 @@ def _vault_values(ref: Any) -> list[str]:
     return [ref.subscription_id, ref.resource_group, ref.name]
 
 
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One family of the tracker's metrics as rows of label values; rendered by either path."""
+
+    name: str
+    kind: str  # counter | gauge | histogram
+    help: str
+    labels: tuple[str, ...]
+    # (label values, value); a histogram's value is (cumulative [(le, count)], sum).
+    rows: list[tuple[tuple[str, ...], Any]]
+
+
+_METRIC_FAMILY = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+
+
 class TrackerCollector(Collector):
-    """Job state from the tracker's snapshot: nothing here awaits or touches the store."""
+    """Job state from the tracker's snapshot: nothing here awaits or touches the store.
+
+    `collect()` serves prometheus_client (tests, `get_sample_value`); /metrics uses `lines()`, which
+    writes the same samples directly and reuses each series' line while its value stays the same:
+    prometheus_client spends about 25 us formatting a sample, and 10,000 items make 40,000 series.
+    """
 
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self.snapshot = snapshot
+        self._lines: dict[tuple[str, tuple[str, ...]], tuple[Any, bytes]] = {}
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterable[Metric]:
-        snap = self.snapshot()
-        yield from self._finished(snap)
+        for family in self._families(self.snapshot()):
+            if family.kind == "histogram":
+                metric: Any = HistogramMetricFamily(family.name, family.help, labels=list(family.labels))
+                for values, (buckets, total) in family.rows:
+                    metric.add_metric(list(values), buckets, total)
+            else:
+                metric = _METRIC_FAMILY[family.kind](family.name, family.help, labels=list(family.labels))
+                for values, value in family.rows:
+                    metric.add_metric(list(values), value)
+            yield metric
+
+    def lines(self, openmetrics: bool) -> list[bytes]:
+        """The exposition of every family, in the Prometheus or the OpenMetrics form, line by line."""
+        out: list[bytes] = []
+        previous, self._lines = self._lines, {}
+        for family in self._families(self.snapshot()):
+            sample = f"{family.name}_total" if family.kind == "counter" else family.name
+            header = family.name if openmetrics else sample
+            help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
+            if openmetrics:
+                help_text = help_text.replace('"', r"\"")
+            out.append(f"# HELP {header} {help_text}\n# TYPE {header} {family.kind}\n".encode())
+            order = sorted(range(len(family.labels)), key=family.labels.__getitem__)
+            if family.kind == "histogram":
+                out.extend(line.encode() for line in _histogram_lines(family, order))
+                continue
+            for values, value in family.rows:
+                key = (family.name, values)
+                cached = previous.get(key)
+                if cached is None or cached[0] != value:
+                    labels = _label_text(family.labels, order, values)
+                    cached = (value, f"{sample}{labels} {_number(value)}\n".encode())
+                self._lines[key] = cached
+                out.append(cached[1])
+        return out
+
+    def _families(self, snap: Snapshot) -> Iterator[_Family]:
+        yield self._finished(snap)
         yield self._durations(snap)
         yield self._transitions(snap)
         yield self._watched(snap)
@@ -158,13 +234,7 @@ class TrackerCollector(Collector):
         yield from self._items(snap)
         yield from self._polls(snap)
 
-    def _finished(self, snap: Snapshot) -> Iterator[Metric]:
-        family = CounterMetricFamily(
-            "azure_backup_jobs_finished",
-            "Jobs seen reaching a final status (Completed, CompletedWithWarnings, Failed, Cancelled); "
-            "each job counted once, also across restarts.",
-            labels=[*VAULT_LABELS, "operation", "job_type", "status"],
-        )
+    def _finished(self, snap: Snapshot) -> _Family:
         values: dict[tuple[str, ...], float] = {}
         for labels_json, value in snap.counters.get(FINISHED, {}).items():
             labels = json.loads(labels_json)
@@ -177,16 +247,17 @@ class TrackerCollector(Collector):
             key = (*_vault_values(vault), operation, job_type)
             for status in FINAL_ORDER:
                 values.setdefault((*key, status), 0.0)
-        for labels, value in sorted(values.items()):
-            family.add_metric(list(labels), value)
-        yield family
-
-    def _durations(self, snap: Snapshot) -> Metric:
-        family = HistogramMetricFamily(
-            "azure_backup_job_duration_seconds",
-            "Duration of finished jobs, from start to end.",
-            labels=["operation", "job_type", "status"],
+        return _Family(
+            "azure_backup_jobs_finished",
+            "counter",
+            "Jobs seen reaching a final status (Completed, CompletedWithWarnings, Failed, Cancelled); "
+            "each job counted once, also across restarts.",
+            (*VAULT_LABELS, "operation", "job_type", "status"),
+            sorted(values.items()),
         )
+
+    def _durations(self, snap: Snapshot) -> _Family:
+        rows: list[tuple[tuple[str, ...], Any]] = []
         for (operation, job_type, status), (buckets, total, count) in sorted(snap.durations.items()):
             cumulative = []
             running = 0
@@ -194,112 +265,143 @@ class TrackerCollector(Collector):
                 running += n
                 cumulative.append((_le(bound), float(running)))
             cumulative.append(("+Inf", float(count)))
-            family.add_metric([operation, job_type, status], cumulative, total)
-        return family
-
-    def _transitions(self, snap: Snapshot) -> Metric:
-        family = CounterMetricFamily(
-            "azure_backup_job_transitions",
-            "Job status changes observed.",
-            labels=[*VAULT_LABELS, "operation", "from_status", "to_status"],
+            rows.append(((operation, job_type, status), (cumulative, total)))
+        return _Family(
+            "azure_backup_job_duration_seconds",
+            "histogram",
+            "Duration of finished jobs, from start to end.",
+            ("operation", "job_type", "status"),
+            rows,
         )
+
+    def _transitions(self, snap: Snapshot) -> _Family:
+        names = (*VAULT_LABELS, "operation", "from_status", "to_status")
+        rows: list[tuple[tuple[str, ...], Any]] = []
         for labels_json, value in sorted(snap.counters.get(TRANSITIONS, {}).items()):
             labels = json.loads(labels_json)
-            family.add_metric(
-                [labels[k] for k in (*VAULT_LABELS, "operation", "from_status", "to_status")], value
-            )
-        return family
+            rows.append((tuple(labels[k] for k in names), value))
+        return _Family("azure_backup_job_transitions", "counter", "Job status changes observed.", names, rows)
 
-    def _watched(self, snap: Snapshot) -> Metric:
-        family = GaugeMetricFamily(
-            "azure_backup_jobs_watched",
-            "Jobs currently tracked, by status.",
-            labels=[*VAULT_LABELS, "status"],
-        )
+    def _watched(self, snap: Snapshot) -> _Family:
         counts = {(vault.key, status): n for vault, status, n in snap.watched}
+        extra: dict[str, set[str]] = {}
+        for key, status in counts:
+            if status not in WATCHED_STATUSES:
+                extra.setdefault(key, set()).add(status)
+        rows: list[tuple[tuple[str, ...], Any]] = []
         for vault in snap.vaults:
-            statuses = list(WATCHED_STATUSES) + sorted(
-                {s for (k, s) in counts if k == vault.key and s not in WATCHED_STATUSES}
-            )
-            for status in statuses:
-                family.add_metric([*_vault_values(vault), status], float(counts.get((vault.key, status), 0)))
-        return family
+            for status in (*WATCHED_STATUSES, *sorted(extra.get(vault.key, ()))):
+                rows.append(((*_vault_values(vault), status), float(counts.get((vault.key, status), 0))))
+        return _Family(
+            "azure_backup_jobs_watched",
+            "gauge",
+            "Jobs currently tracked, by status.",
+            (*VAULT_LABELS, "status"),
+            rows,
+        )
 
-    def _running(self, snap: Snapshot) -> Metric:
-        family = GaugeMetricFamily(
+    def _running(self, snap: Snapshot) -> _Family:
+        return _Family(
             "azure_backup_job_running_start_timestamp_seconds",
+            "gauge",
             "Start time of each job now InProgress or Cancelling; the series ends with the job.",
-            labels=[*VAULT_LABELS, "job_id", "operation", "job_type", "entity"],
+            (*VAULT_LABELS, "job_id", "operation", "job_type", "entity"),
+            [
+                ((*_vault_values(vault), job_id, operation, job_type, entity), start)
+                for vault, job_id, operation, job_type, entity, start in snap.running
+            ],
         )
-        for vault, job_id, operation, job_type, entity, start in snap.running:
-            family.add_metric([*_vault_values(vault), job_id, operation, job_type, entity], start)
-        return family
 
-    def _items(self, snap: Snapshot) -> Iterator[Metric]:
-        labels = [*VAULT_LABELS, "entity", "operation"]
-        last_success = GaugeMetricFamily(
-            "azure_backup_last_success_timestamp_seconds",
-            "End time of the newest Completed or CompletedWithWarnings job of the protected item.",
-            labels=labels,
-        )
-        last_ok = GaugeMetricFamily(
-            "azure_backup_last_job_status_success",
-            "1 if the newest finished job of the protected item succeeded, else 0.",
-            labels=labels,
-        )
-        last_duration = GaugeMetricFamily(
-            "azure_backup_last_job_duration_seconds",
-            "Duration of the newest finished job of the protected item.",
-            labels=labels,
-        )
-        size = GaugeMetricFamily(
-            "azure_backup_last_backup_size_bytes",
-            "Backup size reported by the newest job of the protected item that reported one.",
-            labels=[*VAULT_LABELS, "entity"],
-        )
+    def _items(self, snap: Snapshot) -> Iterator[_Family]:
+        labels = (*VAULT_LABELS, "entity", "operation")
+        last_success: list[tuple[tuple[str, ...], Any]] = []
+        last_ok: list[tuple[tuple[str, ...], Any]] = []
+        last_duration: list[tuple[tuple[str, ...], Any]] = []
         sizes: dict[tuple[str, str, str, str], tuple[float, int]] = {}
         for item in sorted(snap.items, key=lambda i: (i.vault_key, i.entity, i.operation)):
-            values = [item.subscription_id, item.resource_group, item.vault, item.entity, item.operation]
+            values = (item.subscription_id, item.resource_group, item.vault, item.entity, item.operation)
             if item.last_success is not None:
-                last_success.add_metric(values, item.last_success)
-            last_ok.add_metric(values, float(item.last_status_success))
+                last_success.append((values, item.last_success))
+            last_ok.append((values, float(item.last_status_success)))
             if item.last_duration is not None:
-                last_duration.add_metric(values, item.last_duration)
+                last_duration.append((values, item.last_duration))
             if item.size_bytes is not None and item.size_at is not None:
                 entity = (item.subscription_id, item.resource_group, item.vault, item.entity)
                 if entity not in sizes or item.size_at > sizes[entity][0]:
                     sizes[entity] = (item.size_at, item.size_bytes)
-        for entity, (_at, value) in sorted(sizes.items()):
-            size.add_metric(list(entity), float(value))
-        yield last_success
-        yield last_ok
-        yield last_duration
-        yield size
+        yield _Family(
+            "azure_backup_last_success_timestamp_seconds",
+            "gauge",
+            "End time of the newest Completed or CompletedWithWarnings job of the protected item.",
+            labels,
+            last_success,
+        )
+        yield _Family(
+            "azure_backup_last_job_status_success",
+            "gauge",
+            "1 if the newest finished job of the protected item succeeded, else 0.",
+            labels,
+            last_ok,
+        )
+        yield _Family(
+            "azure_backup_last_job_duration_seconds",
+            "gauge",
+            "Duration of the newest finished job of the protected item.",
+            labels,
+            last_duration,
+        )
+        yield _Family(
+            "azure_backup_last_backup_size_bytes",
+            "gauge",
+            "Backup size reported by the newest job of the protected item that reported one.",
+            (*VAULT_LABELS, "entity"),
+            [(entity, float(value)) for entity, (_at, value) in sorted(sizes.items())],
+        )
 
-    def _polls(self, snap: Snapshot) -> Iterator[Metric]:
-        errors = CounterMetricFamily(
+    def _polls(self, snap: Snapshot) -> Iterator[_Family]:
+        extra: dict[str, set[str]] = {}
+        for key, reason in snap.poll_errors:
+            if reason not in POLL_ERROR_REASONS:
+                extra.setdefault(key, set()).add(reason)
+        errors: list[tuple[tuple[str, ...], Any]] = []
+        for vault in snap.vaults:
+            for reason in (*POLL_ERROR_REASONS, *sorted(extra.get(vault.key, ()))):
+                count = snap.poll_errors.get((vault.key, reason), 0.0)
+                errors.append(((*_vault_values(vault), reason), count))
+        yield _Family(
             "azure_backup_watcher_poll_errors",
+            "counter",
             "Failed polls by reason: throttled, server_error, timeout, connection, auth, forbidden, "
             "not_found, bad_response.",
-            labels=[*VAULT_LABELS, "reason"],
+            (*VAULT_LABELS, "reason"),
+            errors,
         )
-        for vault in snap.vaults:
-            reasons = list(POLL_ERROR_REASONS) + sorted(
-                {r for (k, r) in snap.poll_errors if k == vault.key and r not in POLL_ERROR_REASONS}
-            )
-            for reason in reasons:
-                errors.add_metric(
-                    [*_vault_values(vault), reason], snap.poll_errors.get((vault.key, reason), 0.0)
-                )
-        yield errors
-        last_poll = GaugeMetricFamily(
+        yield _Family(
             "azure_backup_watcher_last_successful_poll_timestamp_seconds",
+            "gauge",
             "Last time all of the vault's jobs were polled without error.",
-            labels=list(VAULT_LABELS),
+            VAULT_LABELS,
+            [(tuple(_vault_values(vault)), when) for vault, when in snap.last_ok_poll],
         )
-        for vault, when in snap.last_ok_poll:
-            last_poll.add_metric(_vault_values(vault), when)
-        yield last_poll
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _label_text(names: tuple[str, ...], order: list[int], values: tuple[str, ...]) -> str:
+    return "{" + ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order) + "}"
+
+
+def _histogram_lines(family: _Family, order: list[int]) -> Iterator[str]:
+    names = (*family.labels, "le")
+    with_le = sorted(range(len(names)), key=names.__getitem__)
+    for values, (buckets, total) in family.rows:
+        for le, count in buckets:
+            yield f"{family.name}_bucket{_label_text(names, with_le, (*values, le))} {_number(count)}\n"
+        labels = _label_text(family.labels, order, values)
+        yield f"{family.name}_count{labels} {_number(buckets[-1][1])}\n"
+        yield f"{family.name}_sum{labels} {_number(total)}\n"
 
 
 def _le(bound: float) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,8 +228,14 @@ class Scheduler:
             vault = state.ref
             if state.unauthorized and now < state.next_check:
                 continue
-            if state.discover and now >= self._next_discovery.get(vault.key, 0.0):
-                self._next_discovery[vault.key] = now + self.config.poll.discovery_interval
+            next_at = self._next_discovery.get(vault.key)
+            if state.discover and (next_at is None or now >= next_at):
+                # The first listing is at once; after that each vault keeps a stable phase of its own, so
+                # a round lists about vaults * interval / discovery_interval of them, not all at once.
+                every = self.config.poll.discovery_interval
+                if next_at is None:
+                    next_at = now - every * (1.0 - _discovery_phase(vault.key))
+                self._next_discovery[vault.key] = max(next_at + every, now)
                 units.append((vault, self._discover_unit(state)))
             due = by_vault.get(vault.key, [])
             if not due:
@@ -325,7 +332,8 @@ class Scheduler:
                 known = self.tracker.known(vault, job.job_id)
                 if known is None or known.state == "not_found":
                     new_jobs.append(job)
-                elif known.state == "active" and job.status != known.status:
+                elif known.state == "active" and job.status != known.status and not job.is_final:
+                    # An end is left to the job's own poll this round, which reads its extendedInfo.
                     updates.append(job)
         self._clear_vault_error(vault)
         # New finished jobs that are news get one GET for their errors and extendedInfo.
@@ -382,6 +390,11 @@ class Scheduler:
             log.info("vault_authorized", vault=vault.name)
             state.unauthorized = None
             state.failures = 0
+
+
+def _discovery_phase(vault_key: str) -> float:
+    """A share of the discovery interval in (0, 1], stable for a vault and spread over vaults."""
+    return (zlib.crc32(vault_key.encode()) % 1000 + 1) / 1000
 
 
 def _dt(ts: float) -> datetime:

@@ -50,7 +50,7 @@ class TrackedJob:
     job_id: str
     status: str
     state: str = "active"  # active | final | not_found
-    job: Job | None = None
+    backup_management_type: str = ""
     counted: bool = False
     first_seen: float = 0.0
     updated_at: float = 0.0
@@ -143,6 +143,7 @@ class Tracker:
                 operation=row.operation,
                 operation_detail=row.operation_detail,
                 job_type=row.job_type,
+                backup_management_type=row.backup_management_type,
                 entity=row.entity,
                 start_time=row.start_time,
                 end_time=row.end_time,
@@ -559,7 +560,7 @@ def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, deta
         job_id=old.job_id if old is not None else job.job_id,
         status=job.status,
         state="final" if job.is_final else "active",
-        job=job,
+        backup_management_type=job.backup_management_type,
         counted=old.counted if old is not None else False,
         first_seen=old.first_seen if old is not None else now,
         updated_at=now,
@@ -590,7 +591,7 @@ def _row(vault: VaultRef, tj: TrackedJob) -> JobRow:
         operation_detail=tj.operation_detail,
         job_type=tj.job_type,
         entity=tj.entity,
-        backup_management_type=tj.job.backup_management_type if tj.job else "",
+        backup_management_type=tj.backup_management_type,
         start_time=tj.start_time,
         end_time=tj.end_time,
         duration=tj.detail.get("duration"),

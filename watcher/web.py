@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from watcher import __version__
@@ -14,7 +13,7 @@ from watcher import __version__
 
 def create_app(
     *,
-    registry: CollectorRegistry,
+    render: Callable[[bool], bytes],
     healthy: Callable[[], bool],
     ready: Callable[[], bool],
     jobs: Callable[[], list[dict[str, Any]]],
@@ -22,8 +21,8 @@ def create_app(
     """An aiohttp application serving the watcher's endpoints."""
 
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
+        _encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = render(content_type.startswith("application/openmetrics-text"))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_request: web.Request) -> web.Response:
