@@ -10,7 +10,7 @@ no job ids, which is how an estate of thousands of jobs is watched in production
 the few jobs a pipeline triggers). The run goes through these phases:
 
 1. the first round, which discovers the estate (one listing per vault); then /metrics with every job
-   running, rendered in-process (`generate_latest`) and fetched over HTTP;
+   running, rendered in-process (what the /metrics handler runs) and fetched over HTTP;
 2. `--cpu-rounds` quiet rounds: requests, round time and CPU per 1,000 job checks, nothing else running;
 3. `--scrape-rounds` rounds while /metrics is scraped every `--scrape-every` seconds, as Prometheus
    would; then /metrics again (by now some jobs have finished and have per-item series);
@@ -52,7 +52,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from bench.simserver import ARM_BURST, ARM_PER_SECOND
 from watcher import __version__
@@ -305,13 +305,13 @@ class RenderFigures:
     http: list[float] = field(default_factory=list)
 
 
-def time_render(registry: CollectorRegistry, reps: int) -> RenderFigures:
-    """Time `generate_latest`; the first call after a change also rebuilds the tracker's snapshot."""
+def time_render(render: Callable[[], bytes], reps: int) -> RenderFigures:
+    """Time what the /metrics handler renders; the first call after a change also rebuilds the snapshot."""
     times, cpu = [], []
     body = b""
     for _ in range(reps):
         started, cpu_started = time.perf_counter(), time.process_time()
-        body = generate_latest(registry)
+        body = render()
         times.append(time.perf_counter() - started)
         cpu.append(time.process_time() - cpu_started)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
@@ -319,8 +319,8 @@ def time_render(registry: CollectorRegistry, reps: int) -> RenderFigures:
 
 
 async def measure_metrics(watcher: Watcher, session: aiohttp.ClientSession, reps: int) -> RenderFigures:
-    """`time_render` on the watcher's registry, then as many GET /metrics through its HTTP server."""
-    figures = time_render(watcher.registry, reps)
+    """`time_render` of the watcher's /metrics body, then as many GET /metrics through its HTTP server."""
+    figures = time_render(lambda: watcher.metrics.render(False), reps)
     for _ in range(reps):
         started = time.perf_counter()
         async with session.get(f"http://127.0.0.1:{watcher.port}/metrics") as resp:
@@ -357,9 +357,9 @@ def finished_state(settings: Settings, workdir: Path) -> FinishedState:
                 bodies = [job_body(job, estate.status_of(job, later), later, extended=True) for job in jobs]
                 tracker.observe_many(ref, [parse_job(body) for body in bodies], detailed=True)
             del estate
-            registry = CollectorRegistry()
-            Metrics(registry, __version__).watch(tracker.snapshot)
-            render = time_render(registry, settings.render_reps)
+            metrics = Metrics(CollectorRegistry(), __version__)
+            metrics.watch(tracker.snapshot)
+            render = time_render(lambda: metrics.render(False), settings.render_reps)
         finally:
             store.close()
     return FinishedState(render, rss_before, spawned_peak_rss_mb())

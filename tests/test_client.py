@@ -446,7 +446,7 @@ async def test_rejected_api_version_names_the_supported_ones(
     with pytest.raises(ApiVersionError) as info:
         await side.client.get_job(REF, JOB)
     error = info.value
-    assert (error.status, error.code, error.reason) == (400, "InvalidApiVersionParameter", "bad_request")
+    assert (error.status, error.code, error.reason) == (400, "InvalidApiVersionParameter", "bad_response")
     assert error.supported == list(SUPPORTED_API_VERSIONS)
     assert "does not accept api-version 2099-01-01" in str(error)
     assert "2025-02-01, 2025-01-01" in str(error)

@@ -9,7 +9,7 @@ WatcherError
       +-- AuthError             401 after one forced token refresh, or no token at all     (auth)
       +-- ForbiddenError        403: the identity may not read this vault                  (forbidden)
       +-- NotFoundError         404: no such job, vault or operation                        (not_found)
-      +-- BadRequestError       400 and other 4xx that retrying cannot fix                  (bad_request)
+      +-- BadRequestError       400 and other 4xx that retrying cannot fix                  (bad_response)
       |    +-- ApiVersionError      ARM rejected the api-version; .supported lists the ones it takes
       +-- ForeignHostError      a URL Azure handed back points outside the management host  (bad_response)
       +-- BadResponseError      a body that is not what Azure documents                    (bad_response)
@@ -92,7 +92,8 @@ class NotFoundError(AzureError):
 class BadRequestError(AzureError):
     """A 4xx that retrying will not fix."""
 
-    reason = "bad_request"
+    # The contract's poll-error reasons have no separate "bad request": ARM refused what we sent.
+    reason = "bad_response"
 
 
 class ApiVersionError(BadRequestError):
