@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -124,6 +125,13 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
         await asyncio.sleep(0)
     leftovers = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
     assert not leftovers, f"test left tasks running: {leftovers}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, for servers that must be told their port up front."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def cli(*args: str) -> list[str]:

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -35,7 +34,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import SUB, TOKEN_ENV, cli
+from tests.conftest import SUB, TOKEN_ENV, cli, free_port
 from watcher.sim import Estate, RecurringJob, SimJob, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,12 +87,6 @@ def binaries() -> Binaries:
     assert prometheus is not None
     assert alertmanager is not None
     return Binaries(prometheus, alertmanager)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- configs derived from the shipped files ---------------------------------------------------------
@@ -469,7 +462,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
             sim = await start_simulator(scenario(time.time()))
             stack.push_async_callback(sim.close)
 
-            watcher_at = f"127.0.0.1:{_free_port()}"
+            watcher_at = f"127.0.0.1:{free_port()}"
             config = _write_yaml(
                 tmp_path / "watcher.yaml", watcher_config(sim.url, watcher_at, tmp_path / "state.sqlite3")
             )
@@ -481,7 +474,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
                 "the watcher answers /readyz", http_ok(http, f"http://{watcher_at}/readyz"), servers
             )
 
-            am_at = f"127.0.0.1:{_free_port()}"
+            am_at = f"127.0.0.1:{free_port()}"
             am_config = _write_yaml(tmp_path / "alertmanager.yml", alertmanager_config(receiver.address))
             (tmp_path / "am-data").mkdir()
             alertmanager = await stack.enter_async_context(
@@ -499,7 +492,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
             )
             servers.append(alertmanager)
 
-            prom_at = f"127.0.0.1:{_free_port()}"
+            prom_at = f"127.0.0.1:{free_port()}"
             prom_dir = tmp_path / "prometheus"
             prom_dir.mkdir()
             _write_yaml(prom_dir / "alerts.yml", fast)

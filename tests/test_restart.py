@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -19,16 +18,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SUB, TOKEN_ENV, cli
+from tests.conftest import SUB, TOKEN_ENV, cli, free_port
 from watcher.sim import Estate, SimJob, Simulator, start_simulator
 
 RG = "rg-restart"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _job(n: int, *, ends_in: float, outcome: str = "Completed", vault: str = "vault-r") -> SimJob:
@@ -174,7 +167,7 @@ async def test_restart_after_sigterm_neither_loses_nor_double_counts(
     first = estate.add(_job(1, ends_in=2.5))
     second = estate.add(_job(2, ends_in=6.0, outcome="Failed"))
     store = tmp_path / "state.sqlite3"
-    port = _free_port()
+    port = free_port()
     config = _write_config(
         tmp_path / "c.yaml",
         sim.url,
@@ -230,7 +223,7 @@ async def test_sigkill_mid_round_loses_no_logged_transition(
         for n in range(1, 21)
     ]
     store = tmp_path / "state.sqlite3"
-    port = _free_port()
+    port = free_port()
     config = _write_config(
         tmp_path / "c.yaml",
         sim.url,
@@ -275,7 +268,7 @@ async def test_sighup_reload_adds_and_removes_vaults(
     a = estate.add(_job(1, ends_in=3600))
     b = estate.add(_job(2, ends_in=3600, vault="vault-s"))
     store = tmp_path / "state.sqlite3"
-    port = _free_port()
+    port = free_port()
     vault_a = {"subscription_id": SUB, "resource_group": RG, "name": "vault-r", "jobs": [a.job_id]}
     vault_b = {"subscription_id": SUB, "resource_group": RG, "name": "vault-s", "jobs": [b.job_id]}
     config = _write_config(tmp_path / "c.yaml", sim.url, store, port, [vault_a])
