@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from watcher.azure.client import ArmClient
 from watcher.azure.models import VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter, retry_after_seconds
 from watcher.config import Config
-from watcher.errors import ServerError, ThrottledError
+from watcher.errors import ServerError, StoreError, ThrottledError
 from watcher.scheduler import Scheduler
 from watcher.sim import Estate, SimJob, Simulator, start_simulator
 from watcher.state import Tracker
@@ -447,3 +448,22 @@ def test_throttled_error_is_retryable() -> None:
     err = ThrottledError("429", status=429, retry_after=4.0)
     assert err.retry_after == 4.0
     assert err.reason == "throttled"
+
+
+async def test_a_store_that_fails_stops_the_daemon_loudly(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """When the store can no longer be written, the loop stops with the StoreError instead of polling on."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
+    async with running_watcher(config) as watcher:
+        assert watcher.tracker is not None
+        tracker = watcher.tracker
+        await wait_for(lambda: tracker.known(VaultRef(SUB, RG, "vault-a"), job.job_id).status == "InProgress")  # type: ignore[union-attr]
+        # The file turns read-only under the daemon (a full or remounted disk behaves alike).
+        tracker.store.conn.close()
+        tracker.store.conn = sqlite3.connect(f"{(tmp_path / 's.sqlite3').as_uri()}?mode=ro", uri=True)
+        clock.advance(36000)
+        await wait_for(lambda: watcher.stop_event.is_set(), limit=10)
+        assert isinstance(watcher.failure, StoreError)
+        assert not watcher.healthy()

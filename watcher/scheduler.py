@@ -160,9 +160,12 @@ class Scheduler:
         stats.units = len(units)
         gap = (self.config.poll.interval * SPREAD / len(units)) if units else 0.0
         base = self.monotonic()
+        launched: list[asyncio.Task[None]] = []
         for index, (vault, unit) in enumerate(units):
             if stop is not None and stop.is_set():
                 break
+            if any(t.done() and not t.cancelled() and t.exception() for t in launched):
+                break  # a unit lost the store: launch no more
             # Even spacing with jitter, so rounds of many watchers do not line up either.
             due = base + gap * (index + self.rng())
             delay = due - self.monotonic()
@@ -171,10 +174,16 @@ class Scheduler:
             task = asyncio.create_task(self._guarded(vault, unit, vault_rounds[vault.key], stats))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            launched.append(task)
         while self._tasks:
             # Waiting on Azure (throttling, retries) is not being stuck: keep the heartbeat going.
             self.heartbeat = self.monotonic()
             await asyncio.wait(set(self._tasks), timeout=1.0)
+        for task in launched:
+            # Only a StoreError escapes a unit: raise it so the daemon stops loudly instead of polling on
+            # with nothing recorded.
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
         now = self.clock()
         for key, vr in vault_rounds.items():
             state = self.tracker.vaults.get(key)

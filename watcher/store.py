@@ -390,7 +390,7 @@ class Store:
                         "ON CONFLICT (metric, labels) DO UPDATE SET value = value + excluded.value",
                         batch.counters,
                     )
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
     def prune(
@@ -406,7 +406,7 @@ class Store:
                 doomed = [(r[0], r[1]) for r in rows if (r[0], r[1].lower()) not in keep]
                 self.conn.executemany("DELETE FROM jobs WHERE vault_key = ? AND job_id = ?", doomed)
                 self.conn.execute("DELETE FROM transitions WHERE observed_at < ?", (transitions_before,))
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
         return len(doomed)
 
@@ -418,7 +418,7 @@ class Store:
                     "ON CONFLICT (vault_key) DO UPDATE SET watermark = excluded.watermark",
                     (vault_key, watermark),
                 )
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
 
