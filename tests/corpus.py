@@ -1,4 +1,4 @@
-"""Read the shared Azure Backup corpus (`../shared/azure-corpus`) in place, for tests.
+"""Read the Azure Backup corpus the tests carry (`tests/data/azure`), for tests.
 
 The corpus holds real response bodies in three shapes (see its SOURCES.md):
 
@@ -13,24 +13,20 @@ the loader raise `CorpusFormatError`, so a new file can never be skipped silentl
 
 Public API (`from tests import corpus`; pyproject puts the repository root on pytest's `pythonpath`):
 
-* `CORPUS`: where the corpus is: env `BACKUP_WATCHER_CORPUS`, else `shared/azure-corpus` beside the
-  checkout (`Path(__file__).resolve().parents[1].parent`).
+* `CORPUS`: where the corpus is, `tests/data/azure` in this checkout.
 * `iter_responses()`: every recorded/example response as `Response(ident, status, headers, body)`.
 * `iter_job_bodies()`, `iter_operation_bodies()`, `iter_list_bodies()`: `(ident, body)` pairs.
   Idents read like `recordings/ps-TestGetJobsTimeFilter-2016__01.json#value[3]` or
   `2017-07-01/Common/ListJobs.json#responses/200/value[1]`.
-* `get_body(ident)`: the body with that ident (call it inside a test).
+* `get_body(ident)`: the body with that ident.
 * `is_job_body`, `is_operation_body`, `is_list_body`: the rules the iterators above sort bodies by
   (a job has `properties.jobType`; an operation has `status` and is no job; a list has `value[]`).
 * `data_files()`: the relative paths of every body-bearing file; `require_corpus()`: the directory.
 * `load_http(path)`: `(status, headers, body)` of a docs `.http` capture.
 * `params(source)`: `pytest.param(ident, body, id=ident)` for each pair of `source()`, to parametrize.
 
-Bodies are deep copies: a test may change them freely.
-
-When the corpus directory is missing, loader calls raise `CorpusMissingError`. `params()`,
-`get_body()` and `require_corpus()` turn that into a skip with the reason, except when env `CI` is set
-(to anything but `0`/`false`/`no`): there a missing corpus is an error, never a silent skip.
+Bodies are deep copies: a test may change them freely. A corpus that is missing is an error
+(`CorpusMissingError`), never a skip: the data is part of the repository.
 """
 
 from __future__ import annotations
@@ -38,7 +34,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -46,17 +41,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
-ENV_VAR = "BACKUP_WATCHER_CORPUS"
-
-
-def _default_location() -> Path:
-    override = os.environ.get(ENV_VAR, "").strip()
-    if override:
-        return Path(override).expanduser().resolve()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "azure-corpus"
-
-
-CORPUS: Path = _default_location()
+DATA = Path(__file__).resolve().parent / "data"
+CORPUS: Path = DATA / "azure"
 
 
 class CorpusMissingError(RuntimeError):
@@ -76,28 +62,15 @@ class Response(NamedTuple):
     body: Any
 
 
-def in_ci() -> bool:
-    """True when env `CI` says this is a CI run."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 def _root() -> Path:
     if not CORPUS.is_dir():
-        raise CorpusMissingError(
-            f"Azure corpus not found at {CORPUS}: check out shared/ beside the repository "
-            f"or point env {ENV_VAR} at the azure-corpus directory"
-        )
+        raise CorpusMissingError(f"Azure corpus not found at {CORPUS}: it belongs to the repository (tests/data)")
     return CORPUS
 
 
 def require_corpus() -> Path:
-    """The corpus directory; inside a test, skip (or fail in CI) when it is missing."""
-    try:
-        return _root()
-    except CorpusMissingError as exc:
-        if in_ci():
-            raise
-        pytest.skip(str(exc))
+    """The corpus directory; CorpusMissingError when it is missing."""
+    return _root()
 
 
 # ------------------------------------------------------------------------------------------
@@ -300,7 +273,7 @@ def _by_ident(root: Path) -> dict[str, Any]:
 
 
 def get_body(ident: str) -> Any:
-    """The body of the response, or the list item, named by `ident` (call inside a test)."""
+    """The body of the response, or the list item, named by `ident`."""
     bodies = _by_ident(require_corpus())
     if ident not in bodies:
         raise KeyError(f"no body {ident!r} in the corpus at {CORPUS}")
@@ -308,11 +281,5 @@ def get_body(ident: str) -> Any:
 
 
 def params(source: Callable[[], Iterable[tuple[str, Any]]]) -> list[Any]:
-    """`pytest.param(ident, body, id=ident)` per pair; one skipped param if the corpus is missing."""
-    try:
-        pairs = list(source())
-    except CorpusMissingError as exc:
-        if in_ci():
-            raise
-        return [pytest.param(None, None, id="corpus-missing", marks=pytest.mark.skip(reason=str(exc)))]
-    return [pytest.param(ident, body, id=ident) for ident, body in pairs]
+    """`pytest.param(ident, body, id=ident)` per pair of `source()`."""
+    return [pytest.param(ident, body, id=ident) for ident, body in source()]
