@@ -64,7 +64,9 @@ class Response(NamedTuple):
 
 def _root() -> Path:
     if not CORPUS.is_dir():
-        raise CorpusMissingError(f"Azure corpus not found at {CORPUS}: it belongs to the repository (tests/data)")
+        raise CorpusMissingError(
+            f"Azure corpus not found at {CORPUS}: it belongs to the repository (tests/data)"
+        )
     return CORPUS
 
 
