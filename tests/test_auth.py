@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trustme
-from azure.core.credentials import AccessToken
+from azure.core.credentials import AccessToken, AccessTokenInfo
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import aio
 from structlog.testing import capture_logs
@@ -446,74 +446,137 @@ async def test_static_token_reads_its_env_var_at_each_fetch(monkeypatch: pytest.
 
 
 class CountingCredential:
-    """An azure-identity-like credential: a new token per get_token, valid `lifetime` seconds."""
+    """A credential with get_token only (like our static one): a new token per call, valid `lifetime` seconds.
 
-    def __init__(self, clock: FakeClock, lifetime: float, delay: float = 0.0) -> None:
+    With a `gate`, each call waits for it to be set, so a test can pile callers up behind one call.
+    """
+
+    def __init__(self, clock: FakeClock, lifetime: float, gate: asyncio.Event | None = None) -> None:
         self.clock = clock
         self.lifetime = lifetime
-        self.delay = delay
-        self.calls = 0
+        self.gate = gate
+        self.methods: list[str] = []
         self.closed = False
         self.fail: Exception | None = None
 
-    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        self.calls += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
+    @property
+    def calls(self) -> int:
+        return len(self.methods)
+
+    async def issue(self, method: str) -> tuple[str, int]:
+        self.methods.append(method)
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail is not None:
             raise self.fail
-        return AccessToken(f"token-{self.calls}", int(self.clock() + self.lifetime))
+        return f"token-{self.calls}", int(self.clock() + self.lifetime)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(*await self.issue("get_token"))
 
     async def close(self) -> None:
         self.closed = True
 
 
+class TokenInfoCredential(CountingCredential):
+    """Like azure.identity.aio's credentials: get_token_info too, with a refresh_on hint `refresh_in` seconds ahead."""
+
+    def __init__(self, clock: FakeClock, lifetime: float, refresh_in: float | None = None) -> None:
+        super().__init__(clock, lifetime)
+        self.refresh_in = refresh_in
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfo:
+        token, expires_on = await self.issue("get_token_info")
+        refresh_on = None if self.refresh_in is None else int(self.clock() + self.refresh_in)
+        return AccessTokenInfo(token, expires_on, refresh_on=refresh_on)
+
+
 SCOPE = CLOUDS["AzurePublicCloud"].scope
 
 
-async def test_token_is_reused_until_shortly_before_expiry(clock: FakeClock) -> None:
-    """One fetch serves every request until refresh_margin before expiry; then exactly one more fetch."""
+def test_installed_async_credentials_offer_get_token_info() -> None:
+    """Every azure.identity.aio class we build has get_token_info, so its refresh_on hint reaches the cache."""
+    assert [n for n in IDENTITY_CLASSES if not hasattr(getattr(aio, n), "get_token_info")] == []
+
+
+@pytest.mark.parametrize("kind", [CountingCredential, TokenInfoCredential])
+async def test_token_is_reused_until_shortly_before_expiry(
+    clock: FakeClock, kind: type[CountingCredential]
+) -> None:
+    """Without a refresh_on hint, one fetch serves every request until 300 s before expiry (azure-core's window)."""
     clock.now = 1_000_000.0
-    credential = CountingCredential(clock, lifetime=3600)
-    tokens = TokenProvider(credential, SCOPE, refresh_margin=300, clock=clock)
+    credential = kind(clock, lifetime=3600)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
     assert {await tokens.token() for _ in range(50)} == {"token-1"}
     clock.advance(3600 - 301)
     assert await tokens.token() == "token-1"
-    clock.advance(2)
+    clock.advance(1)
     assert await tokens.token() == "token-2"
     assert await tokens.token() == "token-2"
     assert (credential.calls, tokens.fetches) == (2, 2)
 
 
-async def test_short_lived_token_is_reused_for_half_its_life(clock: FakeClock) -> None:
-    """A token living less than twice the margin is still cached (for half its lifetime), not fetched per call."""
+async def test_refresh_on_hint_is_honoured_through_get_token_info(clock: FakeClock) -> None:
+    """A credential with get_token_info is asked through it, and its token refreshed once refresh_on has come."""
     clock.now = 1_000_000.0
-    credential = CountingCredential(clock, lifetime=120)
-    tokens = TokenProvider(credential, SCOPE, refresh_margin=300, clock=clock)
+    credential = TokenInfoCredential(clock, lifetime=86400, refresh_in=43200)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    assert {await tokens.token() for _ in range(50)} == {"token-1"}
+    clock.advance(43199)
     assert await tokens.token() == "token-1"
-    clock.advance(59)
+    clock.advance(1)
+    assert await tokens.token() == "token-2"
+    assert credential.methods == ["get_token_info", "get_token_info"]
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        pytest.param(lambda clock: CountingCredential(clock, lifetime=120), id="short-lived"),
+        pytest.param(
+            lambda clock: TokenInfoCredential(clock, lifetime=3600, refresh_in=-60), id="refresh_on-passed"
+        ),
+    ],
+)
+async def test_a_token_due_on_arrival_is_asked_for_at_most_every_30_seconds(
+    clock: FakeClock, credential: Any
+) -> None:
+    """A token already due when it comes (short-lived, or refresh_on passed) is not fetched per request: 30 s apart."""
+    clock.now = 1_000_000.0
+    credential = credential(clock)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    assert {await tokens.token() for _ in range(50)} == {"token-1"}
+    clock.advance(29)
     assert await tokens.token() == "token-1"
-    clock.advance(2)
+    clock.advance(1)
     assert await tokens.token() == "token-2"
     assert credential.calls == 2
 
 
 async def test_concurrent_callers_share_one_fetch(clock: FakeClock) -> None:
     """Twenty requests starting at once wait for one token fetch, not twenty."""
-    credential = CountingCredential(clock, lifetime=3600, delay=0.02)
+    gate = asyncio.Event()
+    credential = CountingCredential(clock, lifetime=3600, gate=gate)
     tokens = TokenProvider(credential, SCOPE, clock=clock)
-    got = await asyncio.gather(*(tokens.token() for _ in range(20)))
-    assert set(got) == {"token-1"}
+    callers = [asyncio.create_task(tokens.token()) for _ in range(20)]
+    await asyncio.sleep(0)  # every caller runs up to the credential or the lock
+    gate.set()
+    assert set(await asyncio.gather(*callers)) == {"token-1"}
     assert credential.calls == 1
 
 
 async def test_forced_refresh_replaces_only_the_stale_token(clock: FakeClock) -> None:
     """Several 401s on the same token cause one refresh; a caller whose token was already replaced reuses it."""
-    credential = CountingCredential(clock, lifetime=3600, delay=0.01)
+    gate = asyncio.Event()
+    credential = CountingCredential(clock, lifetime=3600, gate=gate)
     tokens = TokenProvider(credential, SCOPE, clock=clock)
+    gate.set()
     stale = await tokens.token()
-    got = await asyncio.gather(*(tokens.token(force_refresh=True, stale=stale) for _ in range(5)))
-    assert set(got) == {"token-2"}
+    gate.clear()
+    callers = [asyncio.create_task(tokens.token(force_refresh=True, stale=stale)) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*callers)) == {"token-2"}
     assert credential.calls == 2
 
 
@@ -528,6 +591,120 @@ async def test_credential_failure_is_an_auth_error(clock: FakeClock) -> None:
     assert SCOPE in str(info.value)
     assert "AADSTS700016" in str(info.value)
     assert isinstance(info.value.__cause__, ClientAuthenticationError)
+
+
+async def test_failed_early_refresh_keeps_serving_the_valid_token(clock: FakeClock) -> None:
+    """A refresh failing before expiry serves the cached token, retries after backoff, warns once without the token."""
+    clock.now = 1_000_000.0
+    credential = CountingCredential(clock, lifetime=3600)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    assert await tokens.token() == "token-1"
+    clock.advance(3600 - 300)
+    credential.fail = ClientAuthenticationError("AADSTS7000222: the client secret has expired")
+    with capture_logs() as logs:
+        assert {await tokens.token() for _ in range(20)} == {"token-1"}
+        assert credential.calls == 2
+        clock.advance(5)
+        assert await tokens.token() == "token-1"
+        assert credential.calls == 3
+        clock.advance(10)
+        assert await tokens.token() == "token-1"
+        assert credential.calls == 4
+        credential.fail = None
+        clock.advance(20)
+        assert await tokens.token() == "token-5"
+        assert await tokens.token() == "token-5"
+    assert credential.calls == 5
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [e["event"] for e in warnings] == ["token_refresh_failed"]
+    assert "AADSTS7000222" in warnings[0]["error"]
+    assert warnings[0]["cached_expires_in"] == 300
+    assert [e["event"] for e in logs] == ["token_refresh_failed", "token_refresh_recovered"]
+    # Captured before any processor ran: the redaction processor is not what keeps the token out.
+    assert not [e for e in logs if "token-" in repr(e)]
+
+
+async def test_failing_credential_is_backed_off_exponentially(clock: FakeClock) -> None:
+    """Without a token, callers during a backoff get the last failure at once; retries 5 s apart, doubling to 300 s."""
+    credential = CountingCredential(clock, lifetime=3600)
+    credential.fail = ClientAuthenticationError("AADSTS700016: application not found in the directory")
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    with pytest.raises(AuthError):
+        await tokens.token()
+    refused = await asyncio.gather(*(tokens.token() for _ in range(400)), return_exceptions=True)
+    assert all(isinstance(e, AuthError) and "AADSTS700016" in str(e) for e in refused)
+    assert credential.calls == 1
+    for delay in (5, 10, 20, 40, 80, 160, 300, 300):
+        clock.advance(delay - 1)
+        with pytest.raises(AuthError, match="AADSTS700016"):
+            await tokens.token()
+        calls = credential.calls
+        clock.advance(1)
+        with pytest.raises(AuthError, match="AADSTS700016"):
+            await tokens.token()
+        assert credential.calls == calls + 1
+    credential.fail = None
+    clock.advance(300)
+    assert await tokens.token() == f"token-{credential.calls}"
+
+
+async def test_callers_queued_behind_a_failing_refresh_do_not_call_again(clock: FakeClock) -> None:
+    """400 requests waiting on one credential call that fails all get its AuthError; the credential is called once."""
+    gate = asyncio.Event()
+    credential = CountingCredential(clock, lifetime=3600, gate=gate)
+    credential.fail = ClientAuthenticationError("AADSTS50126: invalid credentials")
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    callers = [asyncio.create_task(tokens.token()) for _ in range(400)]
+    await asyncio.sleep(0)
+    gate.set()
+    refused = await asyncio.gather(*callers, return_exceptions=True)
+    assert all(isinstance(e, AuthError) and "AADSTS50126" in str(e) for e in refused)
+    assert credential.calls == 1
+
+
+async def test_forced_refresh_is_backed_off_too(clock: FakeClock) -> None:
+    """After a 401 and a failed refresh, further forced refreshes wait out the backoff; the refused token is not served."""
+    credential = CountingCredential(clock, lifetime=3600)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    stale = await tokens.token()
+    credential.fail = ClientAuthenticationError("AADSTS50173: the provided grant has expired")
+    with pytest.raises(AuthError, match="AADSTS50173"):
+        await tokens.token(force_refresh=True, stale=stale)
+    with pytest.raises(AuthError, match="AADSTS50173"):
+        await tokens.token(force_refresh=True, stale=stale)
+    with pytest.raises(AuthError, match="AADSTS50173"):
+        await tokens.token()
+    assert credential.calls == 2
+    credential.fail = None
+    clock.advance(5)
+    assert await tokens.token() == "token-3"
+
+
+async def test_an_expired_token_from_the_credential_is_a_failure(clock: FakeClock) -> None:
+    """A token that has expired when it arrives is never served: an AuthError, and the credential is backed off."""
+    credential = CountingCredential(clock, lifetime=0)
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    with pytest.raises(AuthError, match="expired"):
+        await tokens.token()
+    with pytest.raises(AuthError, match="expired"):
+        await tokens.token()
+    assert credential.calls == 1
+
+
+async def test_secrets_in_a_credential_error_are_redacted(clock: FakeClock) -> None:
+    """A JWT quoted in a credential's error reaches neither the AuthError nor the warning, redaction processor or not."""
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJhcGk6Ly9BenVyZUFEVG9rZW5FeGNoYW5nZSJ9.c2lnbmF0dXJl"
+    credential = CountingCredential(clock, lifetime=3600)
+    credential.fail = ClientAuthenticationError(
+        f"AADSTS700024: client assertion {jwt} is not within its valid time range"
+    )
+    tokens = TokenProvider(credential, SCOPE, clock=clock)
+    with capture_logs() as logs, pytest.raises(AuthError) as info:
+        await tokens.token()
+    assert "AADSTS700024" in str(info.value)
+    assert jwt not in str(info.value)
+    assert logs
+    assert not [e for e in logs if jwt in repr(e)]
 
 
 async def test_closing_the_provider_closes_the_credential(clock: FakeClock) -> None:

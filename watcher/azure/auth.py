@@ -4,21 +4,26 @@ Every azure-identity credential is built from the async API (`azure.identity.aio
 authority host where the credential signs in through Entra ID itself. Secrets never come from the YAML:
 they are read from the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`,
 `AZURE_CLIENT_CERTIFICATE_PATH`, `AZURE_FEDERATED_TOKEN_FILE`, ...), and a missing one is a ConfigError
-that names it. Tokens are cached here and refreshed ahead of expiry, so a poll round never waits on
-Entra ID; a 401 from ARM asks for one forced refresh (see the client).
+that names it. The provider keeps one current token, as azure-core's BearerTokenCredentialPolicy does,
+and refreshes it on that policy's rules; a failing credential is backed off, and a still-valid token
+served meanwhile. A 401 from ARM asks for one forced refresh (see the client).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from watcher.config import AzureConfig
 from watcher.errors import AuthError, ConfigError
+from watcher.logs import get_logger, redact
+
+log = get_logger("backup_watcher.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +69,26 @@ class AccessTokenLike(Protocol):
     def expires_on(self) -> int: ...
 
 
+class AccessTokenInfoLike(AccessTokenLike, Protocol):
+    """azure-core's AccessTokenInfo: a token, its expiry and when to refresh it (epoch seconds), if said."""
+
+    @property
+    def refresh_on(self) -> int | None: ...
+
+
 class AsyncCredential(Protocol):
     """What azure-identity's async credentials and our static one have in common."""
 
     async def get_token(self, *scopes: str, **kwargs: Any) -> AccessTokenLike: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsTokenInfo(Protocol):
+    """azure-core's AsyncSupportsTokenInfo as far as we use it; every azure.identity.aio credential has it."""
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> AccessTokenInfoLike: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +204,21 @@ def build_credential(config: AzureConfig) -> AsyncCredential:
 
 
 class TokenProvider:
-    """Caches one bearer token and refreshes it ahead of expiry; one refresh at a time.
+    """Keeps one bearer token and refreshes it on azure-core's rules; one credential call at a time.
 
-    A token is reused until `refresh_margin` seconds before it expires, or until half its lifetime has
-    passed if it lives shorter than twice the margin, so a short-lived token is not fetched per request.
+    The credential is asked through `get_token_info` where it has it, else `get_token`. A token is due for
+    refresh once its `refresh_on` hint has come, or without one `refresh_margin` seconds before it expires
+    (azure-core's BearerTokenCredentialPolicy, without its random delay: one provider per process has no
+    crowd of clients to spread), and it is never served once `expires_on` has come. A token already due
+    when it arrives (short-lived, or a credential's cached one whose own refresh failed) is asked for again
+    at most every `min_refresh_interval` seconds, azure-identity's own retry delay, not per request. The
+    first request to find the token due makes the call; requests arriving meanwhile wait for its outcome.
+
+    A failed call (an exception, or a token that has already expired) starts a backoff: the credential is
+    not called for `backoff_initial` seconds, doubling per consecutive failure up to `backoff_max`, forced
+    refreshes included. Meanwhile a still-valid token is served, and a caller without one gets an AuthError
+    with the last failure's message at once. The first failure of a streak is logged as a warning (the
+    failure and the backoff, never a token).
     """
 
     def __init__(
@@ -197,15 +227,24 @@ class TokenProvider:
         scope: str,
         *,
         refresh_margin: float = 300.0,
+        min_refresh_interval: float = 30.0,
+        backoff_initial: float = 5.0,
+        backoff_max: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.credential = credential
         self.scope = scope
         self.refresh_margin = refresh_margin
+        self.min_refresh_interval = min_refresh_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
         self.clock = clock
         self._token: str | None = None
         self._expires_on = 0.0
         self._refresh_at = 0.0
+        self._failures = 0
+        self._failure = ""
+        self._retry_at = 0.0
         self._lock = asyncio.Lock()
         self.fetches = 0
 
@@ -214,32 +253,95 @@ class TokenProvider:
         return self._expires_on
 
     async def token(self, *, force_refresh: bool = False, stale: str | None = None) -> str:
-        """A valid token: the cached one unless it is due for refresh, or `force_refresh` replaces `stale`."""
-        if not force_refresh and self._fresh():
-            assert self._token is not None
-            return self._token
-        async with self._lock:
-            # Another caller may have refreshed while we waited for the lock.
-            if self._token is not None and self._fresh() and (not force_refresh or self._token != stale):
-                return self._token
-            try:
-                access = await self.credential.get_token(self.scope)
-            except AuthError:
-                raise
-            except Exception as exc:  # azure-identity raises many kinds; all mean "no token"
-                raise AuthError(
-                    f"could not get a token for {self.scope}: {type(exc).__name__}: {exc}"
-                ) from exc
-            self.fetches += 1
-            now = self.clock()
-            self._token = str(access.token)
-            self._expires_on = float(access.expires_on)
-            lifetime = max(0.0, self._expires_on - now)
-            self._refresh_at = self._expires_on - min(self.refresh_margin, lifetime / 2)
-            return self._token
+        """A valid token: the current one, or a new one when it is due; AuthError when none can be had.
 
-    def _fresh(self) -> bool:
-        return self._token is not None and self.clock() < self._refresh_at
+        With `force_refresh`, `stale` (a token ARM refused; None: the current one) is dropped first and
+        never served again.
+        """
+        if force_refresh and (stale is None or stale == self._token):
+            # Refused by ARM: never served again, as azure-core's policy forgets its token on a 401.
+            self._token = None
+        cached = self._cached()
+        if cached is not None:
+            return cached
+        async with self._lock:
+            # The call we waited for may have brought a token, or failed and started a backoff.
+            cached = self._cached()
+            if cached is not None:
+                return cached
+            return await self._fetch()
+
+    def _cached(self) -> str | None:
+        """The token to serve without calling the credential; None if it is to be called.
+
+        Raises AuthError, without a call, while the credential is backed off and no valid token is held.
+        """
+        now = self.clock()
+        if self._token is not None and now < self._expires_on:
+            return self._token if now < max(self._refresh_at, self._retry_at) else None
+        if now < self._retry_at:
+            wait = math.ceil(self._retry_at - now)
+            raise AuthError(f"{self._failure} (the credential is asked again in {wait}s)")
+        return None
+
+    async def _fetch(self) -> str:
+        try:
+            token, expires_on, refresh_on = await self._ask()
+            if expires_on <= self.clock():
+                raise AuthError(f"the credential gave an expired token for {self.scope}")
+        except Exception as exc:  # azure-identity raises many kinds; all mean "no token"
+            error = self._failed(exc)
+            if self._token is not None and self.clock() < self._expires_on:
+                return self._token  # an early refresh failed: the token serves on, retried after the backoff
+            if error is exc:
+                raise
+            raise error from exc
+        now = self.clock()
+        if self._failures:
+            log.info("token_refresh_recovered", scope=self.scope, failures=self._failures)
+        self.fetches += 1
+        self._token = token
+        self._expires_on = expires_on
+        due = refresh_on if refresh_on else expires_on - self.refresh_margin
+        self._refresh_at = max(due, now + self.min_refresh_interval)
+        self._failures = 0
+        self._failure = ""
+        self._retry_at = 0.0
+        return token
+
+    async def _ask(self) -> tuple[str, float, float | None]:
+        """Token, expiry and refresh hint, by get_token_info where the credential has it (as azure-core)."""
+        if isinstance(self.credential, SupportsTokenInfo):
+            info = await self.credential.get_token_info(self.scope)
+            return str(info.token), float(info.expires_on), info.refresh_on
+        access = await self.credential.get_token(self.scope)
+        return str(access.token), float(access.expires_on), None
+
+    def _failed(self, exc: Exception) -> AuthError:
+        """Record a failed call and start (or lengthen) the backoff; the AuthError to raise."""
+        if isinstance(exc, AuthError):
+            error = exc
+        else:
+            # Redacted here, not only by the log processor: this text goes into errors and logs.
+            error = AuthError(
+                f"could not get a token for {self.scope}: {type(exc).__name__}: {redact(str(exc))}"
+            )
+        now = self.clock()
+        self._failures += 1
+        # The exponent is capped: a credential failing for days must not overflow the float.
+        delay = min(self.backoff_max, self.backoff_initial * 2 ** min(self._failures - 1, 32))
+        self._retry_at = now + delay
+        self._failure = str(error)
+        if self._failures == 1:
+            held = self._token is not None and now < self._expires_on
+            log.warning(
+                "token_refresh_failed",
+                scope=self.scope,
+                error=self._failure,
+                retry_in=delay,
+                cached_expires_in=round(self._expires_on - now) if held else None,
+            )
+        return error
 
     async def close(self) -> None:
         """Close the credential (azure-identity's hold HTTP sessions)."""
