@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import MutableMapping
@@ -53,9 +54,67 @@ def redact_processor(
     return event_dict
 
 
+class LogSink:
+    """The one stream every log line goes through; a write or flush that fails is dropped, never raised.
+
+    Logging must not be able to stop the daemon from working or from stopping: a pipe whose reader
+    left (EPIPE), a closed descriptor (EBADF), a full disk (ENOSPC) or a closed file (ValueError)
+    marks the sink broken, and a broken sink does not try again.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self.broken = stream is None  # Python starts with sys.stderr None when fd 2 is closed
+
+    def write(self, text: str) -> int:
+        """Characters written: all of them, or none when the line is dropped."""
+        if self.broken or self.stream is None:
+            return 0
+        try:
+            self.stream.write(text)
+        except UnicodeError:
+            return 0  # this line cannot be encoded for the stream; the stream itself is fine
+        except (OSError, ValueError):
+            self.broken = True
+            return 0
+        return len(text)
+
+    def flush(self) -> None:
+        if self.broken or self.stream is None:
+            return
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.broken = True
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream is not None and not self.broken and self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
+class _SinkLogger:
+    """structlog's logger: each rendered line is one write and one flush into the sink."""
+
+    def __init__(self, sink: LogSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: str) -> None:
+        self._sink.write(message + "\n")
+        self._sink.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+_sink: LogSink | None = None
+
+
 def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog (and stdlib logging of our dependencies) to one stream in one format."""
-    stream = stream or sys.stderr
+    global _sink
+    sink = _sink = LogSink(stream or sys.stderr)
     numeric = logging.getLevelNamesMapping()[level.upper()]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -65,23 +124,54 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     ]
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=sink.isatty())
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
         shared.append(structlog.processors.format_exc_info)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=lambda *_: _SinkLogger(sink),
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through stdlib; keep them quiet unless debugging, and redacted.
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(sink)
     handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
     logging.getLogger("azure").setLevel(logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING)
+
+
+def release_broken_streams() -> None:
+    """Point sys.stdout or sys.stderr at os.devnull once writing to it has failed, so exit cannot fail.
+
+    Python flushes both as it exits; a flush that fails there prints "Exception ignored ...
+    BrokenPipeError" and turns the exit status into 120. A stream counts as broken when the log
+    sink found it so or when flushing it now fails; a working one is left alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
+        broken = _sink is not None and _sink.broken and _sink.stream is stream
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            broken = True
+        if broken:
+            _to_devnull(stream)
+
+
+def _to_devnull(stream: TextIO) -> None:
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return  # closed, or no descriptor: Python does not flush it at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 class _RedactingFormatter(logging.Formatter):
