@@ -200,60 +200,92 @@ class RoundRecord:
 
 @dataclass
 class Probe:
-    """Records what a started watcher does: per round (wrapping three methods), and when jobs end."""
+    """Records what a started watcher does, round by round, and when jobs end.
+
+    The scheduler has no global rounds (each vault keeps its own interval), so a round here is a window:
+    the first lasts until every vault has had its first pass; each after it lasts one poll interval. The
+    probe counts passes (`Scheduler.on_pass`) and wraps two methods (`discover`, `observe_many`) to count
+    discovery listings and job checks; it changes no behaviour. `after_round` runs at the end of a window,
+    while the watcher goes on polling.
+    """
 
     watcher: Watcher
     after_round: Callable[[RoundRecord], Awaitable[None]] | None = None
     rounds: list[RoundRecord] = field(default_factory=list)
     checks: int = 0
     discoveries: int = 0
+    passes: int = 0
+    errors: int = 0
     ended_at: dict[str, float] = field(default_factory=dict)
     _round_done: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         scheduler, tracker = self.watcher.scheduler, self.watcher.tracker
         assert scheduler is not None
         assert tracker is not None
-        run_round, discover, observe_many = scheduler.run_round, scheduler.discover, tracker.observe_many
+        discover, observe_many = scheduler.discover, tracker.observe_many
 
         def counted_observe(vault: VaultRef, jobs: list[Job], *, detailed: bool = True) -> list[TrackedJob]:
             self.checks += len(jobs)
             return observe_many(vault, jobs, detailed=detailed)
 
-        async def counted_discover(state: VaultState) -> int:
+        async def counted_discover(state: VaultState, outcome: Any = None) -> int:
             self.discoveries += 1
-            return await discover(state)
+            return await discover(state, outcome)
 
-        async def recorded_round(stop: asyncio.Event | None = None) -> RoundStats:
-            cpu, checks, discoveries = cpu_seconds(), self.checks, self.discoveries
+        def counted_pass(_vault: VaultRef, stats: RoundStats) -> None:
+            self.passes += 1
+            self.errors += stats.errors
+
+        scheduler.discover = counted_discover  # type: ignore[method-assign]
+        scheduler.on_pass = counted_pass
+        tracker.observe_many = counted_observe  # type: ignore[method-assign]
+        tracker.listeners.append(self._status_changed)
+        self._task = asyncio.create_task(self._windows())
+
+    async def _windows(self) -> None:
+        scheduler = self.watcher.scheduler
+        assert scheduler is not None
+        interval = self.watcher.config.poll.interval
+        while not self.watcher.stop_event.is_set():
+            cpu, checks, discoveries, passes, errors = (
+                cpu_seconds(),
+                self.checks,
+                self.discoveries,
+                self.passes,
+                self.errors,
+            )
             requests = self.requests_by_endpoint()
             started = time.monotonic()
-            stats = await run_round(stop)
-            seconds = time.monotonic() - started
+            if not self.rounds:
+                while not scheduler.ready and not self.watcher.stop_event.is_set():
+                    await asyncio.sleep(0.05)
+            else:
+                await asyncio.sleep(interval)
             after = self.requests_by_endpoint()
             record = RoundRecord(
                 index=len(self.rounds) + 1,
-                seconds=seconds,
-                units=stats.units,
-                requests=stats.requests,
+                seconds=time.monotonic() - started,
+                units=self.passes - passes,
+                requests=sum(after.values()) - sum(requests.values()),
                 lists=after.get("list_jobs", 0) - requests.get("list_jobs", 0),
                 gets=after.get("get_job", 0) - requests.get("get_job", 0),
                 discoveries=self.discoveries - discoveries,
                 checks=self.checks - checks,
                 cpu=cpu_seconds() - cpu,
-                errors=stats.errors,
+                errors=self.errors - errors,
             )
             self.rounds.append(record)
-            # Measurements between rounds run here, before the scheduler plans its next round.
             if self.after_round is not None:
                 await self.after_round(record)
             self._round_done.set()
-            return stats
 
-        scheduler.run_round = recorded_round  # type: ignore[method-assign]
-        scheduler.discover = counted_discover  # type: ignore[method-assign]
-        tracker.observe_many = counted_observe  # type: ignore[method-assign]
-        tracker.listeners.append(self._status_changed)
+    async def close(self) -> None:
+        """Stop counting windows."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def _status_changed(self, tj: TrackedJob, from_status: str | None, to_status: str) -> None:
         # Told right after the tracker's memory changed: the next /metrics shows the job as ended.
@@ -623,6 +655,7 @@ async def run_watcher(settings: Settings, url: str, manifest: dict[str, Any], wo
     ends = {job_id.lower(): end for v in manifest["vaults"] for job_id, end in v["jobs"].items()}
     watcher = Watcher(config, registry=CollectorRegistry(), grace=2.0)
     round_timeout = 3 * settings.interval + 60
+    probe: Probe | None = None
     async with aiohttp.ClientSession() as session:
         await watcher.start()
         try:
@@ -666,6 +699,8 @@ async def run_watcher(settings: Settings, url: str, manifest: dict[str, Any], wo
                 if job_id in probe.ended_at and still <= probe.ended_at[job_id] <= gone
             )
         finally:
+            if probe is not None:
+                await probe.close()
             await watcher.stop()
     return results
 

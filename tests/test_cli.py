@@ -429,7 +429,7 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     first_counted = time.monotonic() - began
 
     async def printed() -> bool:
-        return daemon.alive() and re.search(rf" -> {FINAL}\b", daemon.stdout()) is not None
+        return daemon.alive() and re.search(rf"\bInProgress -> {FINAL}\b", daemon.stdout()) is not None
 
     await poll_until(printed, 60, "a status change to a final status printed", interval=0.25)
     first_change = time.monotonic() - began

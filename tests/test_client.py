@@ -28,7 +28,7 @@ from watcher.azure.client import ArmClient, JobFilter, TlsVerificationError
 from watcher.azure.models import VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter
 from watcher.config import Config
-from watcher.errors import ApiVersionError, ConfigError, ForeignHostError, ServerError
+from watcher.errors import ApiVersionError, BadResponseError, ConfigError, ForeignHostError, ServerError
 from watcher.sim import SIM_TOKEN, SUPPORTED_API_VERSIONS, Estate, SimJob, Simulator, start_simulator
 
 pytestmark = pytest.mark.timeout(20)
@@ -70,6 +70,8 @@ def config_for(endpoint: str, tmp_path: Path, **azure: Any) -> Config:
         [{"subscription_id": SUB, "resource_group": RG, "name": VAULT, "jobs": [JOB]}],
         tmp_path / "state.db",
         azure=azure,
+        # Retry-After values up to 30 s are honoured as sent (the tests' sleeps are fake).
+        poll={"backoff_max": 30},
     )
 
 
@@ -546,3 +548,43 @@ async def test_server_errors_are_retried_then_typed(arm: AzureSide, sim: Simulat
         await arm.client.get_job(REF, JOB)
     assert len(sim.requests) == 4
     assert len(sleeps.delays) == 3
+
+
+async def test_shutdown_during_a_retry_wait_sends_nothing_more(
+    sim: Simulator, estate: Estate, tmp_path: Path
+) -> None:
+    """A 503 with Retry-After: 20, then shutdown while the client waits: the request ends with the 503, no second request."""
+    estate.add(sim_job(FakeClock()))
+    side = build_azure(config_for(sim.url, tmp_path), None, SubscriptionLimiter())
+    try:
+        sim.inject(503, path_contains="/backupjobs/", headers={"Retry-After": "20"})
+        request = asyncio.create_task(side.client.get_job(REF, JOB))
+        await wait_for(lambda: len(sim.requests) == 1 and side.client.busy == 1)
+        side.client.stopping.set()
+        with pytest.raises(ServerError):
+            await asyncio.wait_for(request, 5)
+        assert [r.status for r in sim.requests] == [503]
+    finally:
+        await side.close()
+
+
+async def test_a_body_nested_a_hundred_thousand_levels_is_a_bad_response(connect: Connect) -> None:
+    """JSON nested deeper than the decoder's stack is a BadResponseError (bad_response), not a RecursionError."""
+
+    async def deep(_request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", deep)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        side = await connect(f"http://127.0.0.1:{port}")
+        with pytest.raises(BadResponseError) as info:
+            await side.client.get_job(REF, JOB)
+        assert info.value.reason == "bad_response"
+    finally:
+        await runner.cleanup()

@@ -313,6 +313,7 @@ def test_effective_config_spells_every_duration_with_a_unit() -> None:
         "poll.backoff_initial": "2s",
         "poll.backoff_max": "5m",
         "discovery.lookback": "1d",
+        "discovery.overlap": "1h",
         "store.retention": "30d",
     }
 
@@ -374,3 +375,30 @@ def test_demo_config_points_at_the_simulator_and_its_vaults() -> None:
     assert {(v.subscription_id, v.resource_group, v.name) for v in config.vaults} == set(
         demo_estate().vaults()
     )
+
+
+def test_lookback_shorter_than_the_discovery_interval_is_refused() -> None:
+    """A lookback shorter than poll.discovery_interval would never see a job that starts and ends between two listings."""
+    with pytest.raises(ConfigError) as info:
+        validate_config(
+            {"poll": {"discovery_interval": "10m"}, "discovery": {"lookback": "5m"}, "vaults": [VAULT]}, "x"
+        )
+    assert info.value.details == [
+        (
+            "discovery.lookback",
+            "must be at least poll.discovery_interval (5m < 10m): jobs that start and end between two listings "
+            "would never be seen",
+        )
+    ]
+
+
+def test_overlap_is_derived_from_a_short_lookback_and_checked_when_set() -> None:
+    """Unset, the overlap is an hour or a quarter of the lookback; set, it must be shorter than the lookback."""
+    short = validate_config(
+        {"poll": {"discovery_interval": "5m"}, "discovery": {"lookback": "20m"}, "vaults": [VAULT]}, "x"
+    )
+    assert short.discovery.overlap == 300.0
+    assert validate_config({"vaults": [VAULT]}, "x").discovery.overlap == 3600.0
+    with pytest.raises(ConfigError) as info:
+        validate_config({"discovery": {"lookback": "2h", "overlap": "2h"}, "vaults": [VAULT]}, "x")
+    assert info.value.details == [("discovery.overlap", "must be shorter than lookback (2h >= 2h)")]

@@ -63,6 +63,7 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "azure_backup_watcher_ratelimit_remaining_reads": ("gauge", frozenset({"subscription_id"})),
     "azure_backup_watcher_poll_errors_total": ("counter", VAULT_LABELS | {"reason"}),
     "azure_backup_watcher_last_successful_poll_timestamp_seconds": ("gauge", VAULT_LABELS),
+    "azure_backup_watcher_discovery_gaps_total": ("counter", VAULT_LABELS),
     "azure_backup_watcher_config_last_reload_successful": ("gauge", frozenset()),
 }
 
@@ -254,7 +255,7 @@ def _full_estate(estate: Estate, now: float) -> SimJob:
 async def exposition(tmp_path: Path, estate: Estate, clock: FakeClock, sim: Simulator) -> Exposition:
     """A watcher that saw running, finishing and finished jobs, a 404 job and a 429, scraped over HTTP."""
     ending = _full_estate(estate, clock.now)
-    sim.inject(429, path_contains="backupjobs")
+    sim.inject(429, path_contains="/vaults/vault-a/backupjobs")
     path = _write_config(
         tmp_path / "config.yaml",
         sim.url,

@@ -48,6 +48,7 @@ CONTRACT_METRICS = {
     "azure_backup_watcher_ratelimit_remaining_reads": "gauge",
     "azure_backup_watcher_poll_errors_total": "counter",
     "azure_backup_watcher_last_successful_poll_timestamp_seconds": "gauge",
+    "azure_backup_watcher_discovery_gaps_total": "counter",
     "azure_backup_watcher_config_last_reload_successful": "gauge",
 }
 # Series Prometheus makes itself.

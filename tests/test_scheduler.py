@@ -6,14 +6,17 @@ import asyncio
 import itertools
 import json
 import sqlite3
+import statistics
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from tests import corpus
 from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
@@ -75,16 +78,18 @@ def _job(
 
 
 @asynccontextmanager
-async def parts(config: Config) -> AsyncIterator[tuple[Scheduler, Tracker, ArmClient]]:
-    """Store, tracker, client and scheduler for a config, without the HTTP side or the loop."""
+async def parts(
+    config: Config, clock: FakeClock | None = None
+) -> AsyncIterator[tuple[Scheduler, Tracker, ArmClient]]:
+    """Store, tracker, client and scheduler for a config (on `clock`, if given), without HTTP or the loop."""
     store = Store.open(config.store.path)
-    tracker = Tracker(store)
+    tracker = Tracker(store, clock=clock or time.time)
     tracker.set_vaults(owned_vaults(config, None))
     azure = build_azure(
         config, None, SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second)
     )
     try:
-        yield Scheduler(tracker, azure.client, config), tracker, azure.client
+        yield Scheduler(tracker, azure.client, config, clock=clock or time.time), tracker, azure.client
     finally:
         await azure.close()
         store.close()
@@ -137,7 +142,9 @@ async def test_client_retries_with_retry_after_and_no_real_sleep(
 ) -> None:
     """503 twice with Retry-After: 3 -> two retries, each waiting at least 3 s (an injected sleep), then success."""
     job = _job(estate, 1, "vault-a", start=clock() - 10, duration=100)
-    config = make_config(sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3")
+    config = make_config(
+        sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3", poll={"backoff_max": 10}
+    )
     sim.inject(503, path_contains=job.job_id, headers={"Retry-After": "3"}, times=2)
     slept: list[float] = []
 
@@ -174,17 +181,32 @@ async def test_client_gives_up_after_its_attempts(
 # -- the subscription budget -------------------------------------------------------------------
 
 
-async def test_limiter_pause_holds_the_whole_subscription() -> None:
-    """After a 429 pause, every request to that subscription waits it out; another subscription does not."""
+async def test_a_429_empties_the_bucket_and_halves_the_rate_of_its_subscription_only() -> None:
+    """After a 429 the subscription waits for a half-rate refill (recovering over a minute); another does not wait."""
     fake = FakeMonotonic()
     limiter = SubscriptionLimiter(250, 25.0, clock=fake)
     await limiter.acquire(SUB)
-    limiter.pause(SUB, 5.0)
+    limiter.throttled(SUB)
+    assert limiter.throttled_factor(SUB) == 0.5
     start = fake.now()
     await limiter.acquire(SUB2)
     assert fake.now() == start
     await limiter.acquire(SUB)
-    assert fake.now() - start >= 5.0
+    assert fake.now() - start == pytest.approx(1 / 12.5)
+    limiter.throttled(SUB)
+    assert limiter.throttled_factor(SUB) == pytest.approx(0.25 + 1 / 12.5 / 60 / 2, rel=0.01)
+    fake.t += 60
+    assert limiter.throttled_factor(SUB) == 1.0
+    assert limiter.rate(SUB) == 25.0
+
+
+def test_many_429s_never_stop_a_subscription() -> None:
+    """However many 429s arrive, the refill rate stays above zero (1/64 of the configured rate)."""
+    fake = FakeMonotonic()
+    limiter = SubscriptionLimiter(250, 25.0, clock=fake)
+    for _ in range(100):
+        limiter.throttled(SUB)
+    assert limiter.rate(SUB) == pytest.approx(25.0 / 64)
 
 
 async def test_limiter_bucket_refills_at_its_rate() -> None:
@@ -215,38 +237,37 @@ async def test_limiter_slows_when_azure_reports_a_low_budget() -> None:
     assert limiter.rate(SUB) == 25.0
 
 
-async def test_a_429_on_one_job_delays_every_request_to_its_subscription(tmp_path: Path) -> None:
-    """One job's 429 (Retry-After: 1) holds the other jobs of that subscription; the other subscription goes on."""
-    estate = Estate()
-    now = time.time()
-    a1 = _job(estate, 1, "vault-a", start=now - 5, duration=3600)
-    a2 = _job(estate, 2, "vault-a", start=now - 5, duration=3600)
-    b1 = _job(estate, 3, "vault-b", start=now - 5, duration=3600, sub=SUB2)
+async def test_a_429_with_a_huge_retry_after_holds_only_its_vault_for_backoff_max(tmp_path: Path) -> None:
+    """vault-a answers 429 with Retry-After: 999999999; it is counted, capped and logged; vault-b of the same subscription keeps polling."""
+    clock = FakeClock()
+    estate = Estate(clock=clock)
+    a1 = _job(estate, 1, "vault-a", start=clock() - 5, duration=36000)
+    b1 = _job(estate, 2, "vault-b", start=clock() - 5, duration=36000)
     sim = await start_simulator(estate)
-    sim.inject(429, path_contains=a1.job_id, headers={"Retry-After": "1"}, times=1)
+    sim.inject(429, path_contains="vault-a", headers={"Retry-After": "999999999"}, times=1000)
     config = make_config(
         sim.url,
-        [
-            _vault("vault-a", jobs=[a1.job_id, a2.job_id]),
-            {"subscription_id": SUB2, "resource_group": RG, "name": "vault-b", "jobs": [b1.job_id]},
-        ],
+        [_vault("vault-a", jobs=[a1.job_id]), _vault("vault-b", jobs=[b1.job_id])],
         tmp_path / "s.sqlite3",
-        poll={"interval": 0.2, "concurrency": 1},
+        poll={"interval": 0.2, "backoff_max": "1h"},
     )
+    a, b = VaultRef(SUB, RG, "vault-a"), VaultRef(SUB, RG, "vault-b")
     try:
-        async with parts(config) as (scheduler, tracker, _client):
-            async with asyncio.timeout(10):
-                await scheduler.run_round()
-            stamps = [(r.time, r.path, r.status) for r in sim.requests]
-            throttled_at = next(t for t, p, s in stamps if s == 429)
-            sub_a_after = [t for t, p, s in stamps if SUB in p and t > throttled_at]
-            sub_b = [t for t, p, s in stamps if SUB2 in p]
-            assert sub_a_after, "the throttled subscription was polled again"
-            assert min(sub_a_after) - throttled_at >= 0.95
-            assert tracker.known(VaultRef(SUB, RG, "vault-a"), a1.job_id).status == "InProgress"  # type: ignore[union-attr]
-            # The other subscription was not held by the pause.
-            assert sub_b
-            assert min(sub_b) - throttled_at < 0.9
+        with capture_logs() as logs:
+            async with running_watcher(config) as watcher:
+                assert watcher.tracker is not None
+                tracker = watcher.tracker
+                await wait_for(lambda: tracker.poll_errors[(a.key, "throttled")] >= 1)
+                polled_b = len([r for r in sim.requests if "vault-b" in r.path])
+                await wait_for(lambda: len([r for r in sim.requests if "vault-b" in r.path]) >= polled_b + 5)
+                asked_a = [r for r in sim.requests if "vault-a" in r.path]
+        # One try: a wait of an hour is not spent inside the request, and the vault is not asked again.
+        assert [r.status for r in asked_a] == [429]
+        assert tracker.poll_errors[(a.key, "throttled")] == 1
+        assert tracker.vaults[b.key].last_ok_poll is not None
+        capped = [e for e in logs if e["event"] == "retry_after_capped"]
+        assert capped
+        assert capped[0]["capped_to"] == 3600.0
     finally:
         await sim.close()
 
@@ -260,7 +281,7 @@ _GET_JOB_BODY = json.loads((corpus.CORPUS / "2017-07-01" / "Common" / "GetJobDet
 
 
 async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
-    """60 jobs, concurrency 4, a server that answers slowly: never more than 4 requests in flight at the server."""
+    """60 jobs in 4 vaults, concurrency 4, a server that answers slowly: never more than 4 requests in flight at the server."""
     body = _GET_JOB_BODY
     in_flight = 0
     peak = 0
@@ -291,7 +312,7 @@ async def test_concurrency_bound_holds_under_load(tmp_path: Path) -> None:
     jobs = [f"00000000-0000-4000-a000-{n:012d}" for n in range(60)]
     config = make_config(
         f"http://127.0.0.1:{port}",
-        [_vault("vault-a", jobs=jobs)],
+        [_vault(f"vault-{v}", jobs=jobs[v::4]) for v in range(4)],
         tmp_path / "s.sqlite3",
         poll={"concurrency": 4, "interval": 0.05},
     )
@@ -371,22 +392,69 @@ async def test_batched_round_costs_one_listing_per_vault_plus_the_jobs_that_ende
         await sim.close()
 
 
-async def test_rounds_do_not_drift(tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock) -> None:
-    """With an interval of 0.3 s, rounds start on the interval grid even though each takes time."""
-    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+async def test_each_vault_keeps_a_drift_free_cadence(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """Each vault's passes are due exactly one interval apart, whatever each pass cost; two vaults, two phases."""
+    jobs = [_job(estate, n, f"vault-{n}", start=clock() - 10, duration=36000) for n in (1, 2)]
     config = make_config(
-        sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3", poll={"interval": 0.3}
+        sim.url,
+        [_vault(f"vault-{n}", jobs=[j.job_id]) for n, j in zip((1, 2), jobs, strict=True)],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 0.5},
     )
+    due: dict[str, list[float]] = {"vault-1": [], "vault-2": []}
     async with running_watcher(config) as watcher:
-        assert watcher.scheduler is not None
         scheduler = watcher.scheduler
-        await wait_for(lambda: scheduler.rounds >= 6, limit=5)
-    starts = [r.time for r in sim.requests]
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # Each gap is one interval (spread jitter within half an interval at most); no accumulating lag.
-    assert all(0.1 <= g <= 0.5 for g in gaps), gaps
-    total = starts[-1] - starts[0]
-    assert total == pytest.approx(0.3 * (len(starts) - 1), abs=0.3)
+        assert scheduler is not None
+        launch = scheduler._launch
+
+        def recording(schedule: Any) -> None:
+            due[schedule.ref.name].append(schedule.next_poll)
+            launch(schedule)
+
+        scheduler._launch = recording  # type: ignore[method-assign]
+        await wait_for(lambda: all(len(d) >= 5 for d in due.values()), limit=20)
+    for name, times in due.items():
+        gaps = [round(b - a, 9) for a, b in itertools.pairwise(times)]
+        assert gaps == [0.5] * len(gaps), (name, gaps)
+    assert due["vault-1"][0] != due["vault-2"][0]
+
+
+async def test_a_hung_vault_does_not_slow_the_others(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vault-a's listing never answers; while its one pass hangs, vault-b completes pass after pass at its interval."""
+    hung = [_job(estate, n, "vault-a", start=clock() - 10, duration=36000) for n in (1, 2)]
+    healthy = [_job(estate, n, "vault-b", start=clock() - 10, duration=36000) for n in (3, 4)]
+    config = make_config(
+        sim.url,
+        [
+            _vault("vault-a", jobs=[j.job_id for j in hung]),
+            _vault("vault-b", jobs=[j.job_id for j in healthy]),
+        ],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 0.3, "request_timeout": 60},
+    )
+    passes: dict[str, list[float]] = {"vault-a": [], "vault-b": []}
+    async with running_watcher(config) as watcher:
+        scheduler = watcher.scheduler
+        assert scheduler is not None
+        scheduler.on_pass = lambda vault, stats: passes[vault.name].append(stats.finished)
+        # The first pass GETs each job (start times unknown); from the second on, vault-a's listing hangs.
+        await wait_for(lambda: len(passes["vault-a"]) >= 1 and len(passes["vault-b"]) >= 1)
+        sim.inject(200, path_contains="vault-a/backupjobs", delay=3600, times=1)
+        started = len(passes["vault-b"])
+        await wait_for(lambda: len(passes["vault-b"]) >= started + 8, limit=30)
+        a_passes = len(passes["vault-a"])
+    gaps = [b - a for a, b in itertools.pairwise(passes["vault-b"][started:])]
+    with capsys.disabled():
+        print(
+            f"\n[cadence] interval 0.3 s, vault-a hung: vault-b gaps median {statistics.median(gaps):.3f} s, "
+            f"max {max(gaps):.3f} s over {len(gaps)} passes; vault-a passes finished meanwhile: {a_passes - 1}"
+        )
+    # vault-a's second pass never ended while vault-b went on: isolation is ordering, not timing.
+    assert a_passes == 1
 
 
 async def test_one_failing_job_does_not_stop_the_others(
@@ -467,3 +535,209 @@ async def test_a_store_that_fails_stops_the_daemon_loudly(
         await wait_for(lambda: watcher.stop_event.is_set(), limit=10)
         assert isinstance(watcher.failure, StoreError)
         assert not watcher.healthy()
+
+
+# -- isolation, backoff and health ---------------------------------------------------------------
+
+
+async def test_a_vault_whose_listing_fails_backs_off_alone(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """vault-a's listing answers 500: its passes space out by backoff; vault-b keeps its interval meanwhile."""
+    a_jobs = [_job(estate, n, "vault-a", start=clock() - 10, duration=36000) for n in (1, 2)]
+    b_jobs = [_job(estate, n, "vault-b", start=clock() - 10, duration=36000) for n in (3, 4)]
+    config = make_config(
+        sim.url,
+        [
+            _vault("vault-a", jobs=[j.job_id for j in a_jobs]),
+            _vault("vault-b", jobs=[j.job_id for j in b_jobs]),
+        ],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 0.1, "backoff_initial": 0.4, "backoff_max": 3.2},
+    )
+    a = VaultRef(SUB, RG, "vault-a")
+    async with running_watcher(config) as watcher:
+        scheduler, tracker = watcher.scheduler, watcher.tracker
+        assert scheduler is not None
+        assert tracker is not None
+        await wait_for(lambda: all(tj.start_time is not None for tj in tracker.jobs.values()))
+        sim.inject(500, path_contains="vault-a/backupjobs", times=10_000)
+        b_passes: list[int] = []
+        a_passes: list[int] = []
+        scheduler.on_pass = lambda vault, stats: (b_passes if vault.name == "vault-b" else a_passes).append(1)
+        await wait_for(lambda: len(b_passes) >= 30, limit=30)
+        schedule = scheduler._schedules[a.key]
+        # Backoff grows: after a few failures the next pass of vault-a is seconds away, not 0.1 s.
+        assert schedule.failures >= 2
+        assert len(a_passes) < len(b_passes) / 3
+        assert tracker.poll_errors[(a.key, "server_error")] >= 2
+        assert tracker.vaults[VaultRef(SUB, RG, "vault-b").key].last_ok_poll is not None
+
+
+async def test_healthz_names_a_vault_not_polled_for_three_intervals(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """A vault whose passes keep failing is listed by /healthz (still 200: a restart would not cure it) and logged."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    ok = _job(estate, 2, "vault-b", start=clock() - 10, duration=36000)
+    sim.inject(403, path_contains="vault-a", times=10_000)
+    config = make_config(
+        sim.url,
+        [_vault("vault-a", jobs=[job.job_id]), _vault("vault-b", jobs=[ok.job_id])],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 0.2},
+    )
+    with capture_logs() as logs:
+        async with running_watcher(config) as watcher:
+            assert watcher.scheduler is not None
+            scheduler = watcher.scheduler
+            await wait_for(
+                lambda: any(e["event"] == "vault_stale" and e["vault"] == "vault-a" for e in logs)
+                and "vault-a" in {s.ref.name for s in scheduler.stale_vaults()}
+            )
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{watcher.port}/healthz") as resp,
+            ):
+                status, text = resp.status, await resp.text()
+    assert status == 200
+    assert f"{SUB}/{RG}/vault-a: no good poll for" in text
+    assert "forbidden" in text
+
+
+def test_planning_ten_thousand_unseen_jobs_compares_no_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Splitting a vault's 10,000 due jobs into listing and GETs never compares two TrackedJobs (it was quadratic)."""
+    from watcher.scheduler import plan_jobs
+    from watcher.state import TrackedJob
+
+    comparisons = 0
+
+    def counting_eq(self: TrackedJob, other: object) -> bool:
+        nonlocal comparisons
+        comparisons += 1
+        return self is other
+
+    monkeypatch.setattr(TrackedJob, "__eq__", counting_eq)
+    vault = VaultRef(SUB, RG, "vault-a")
+    unseen = [TrackedJob(vault=vault, job_id=f"job-{n}", status="Unknown") for n in range(10_000)]
+    seen = [TrackedJob(vault=vault, job_id=f"run-{n}", status="InProgress", start_time=1.0) for n in range(3)]
+    batched, singles = plan_jobs([*unseen, *seen], now=0.0)
+    assert comparisons == 0
+    assert len(batched) == 3
+    assert len(singles) == 10_000
+
+
+async def test_every_failed_get_of_a_batch_is_counted(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """Three jobs leave the listing and all three GETs answer 500: three server_error polls, not one."""
+    jobs = [
+        _job(estate, n, "vault-a", start=clock() - 10, duration=20 if n < 4 else 36000) for n in range(1, 6)
+    ]
+    config = make_config(sim.url, [_vault("vault-a", jobs=[j.job_id for j in jobs])], tmp_path / "s.sqlite3")
+    vault = VaultRef(SUB, RG, "vault-a")
+    async with parts(config) as (scheduler, tracker, client):
+
+        async def no_sleep(_s: float) -> None:
+            return None
+
+        client.sleep = no_sleep
+        client.attempts = 1
+        await scheduler.run_round()
+        clock.advance(30)
+        for job in jobs[:3]:
+            sim.inject(500, path_contains=f"backupjobs/{job.job_id}")
+        await scheduler.run_round()
+        assert tracker.poll_errors[(vault.key, "server_error")] == 3
+        assert all(tracker.known(vault, j.job_id).last_error for j in jobs[:3])  # type: ignore[union-attr]
+
+
+async def test_a_failed_get_during_discovery_does_not_advance_the_last_good_poll(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """Discovery lists a new finished job whose GET fails: the error is counted and last_successful_poll stays put."""
+    done = _job(estate, 1, "vault-d", start=clock() - 100, duration=50)
+    config = make_config(sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3")
+    vault = VaultRef(SUB, RG, "vault-d")
+    sim.inject(500, path_contains=f"backupjobs/{done.job_id}", times=100)
+    async with parts(config) as (scheduler, tracker, client):
+
+        async def no_sleep(_s: float) -> None:
+            return None
+
+        client.sleep = no_sleep
+        await scheduler.run_round()
+        assert tracker.known(vault, done.job_id).status == "Completed"  # type: ignore[union-attr]
+        assert tracker.poll_errors[(vault.key, "server_error")] == 1
+        assert tracker.vaults[vault.key].last_ok_poll is None
+
+
+async def test_scheduling_ignores_a_wall_clock_step(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """The wall clock jumps a day back (an NTP step): passes go on at their interval on the monotonic clock."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    config = make_config(
+        sim.url, [_vault("vault-a", jobs=[job.job_id])], tmp_path / "s.sqlite3", poll={"interval": 0.1}
+    )
+    async with running_watcher(config, clock=clock) as watcher:
+        assert watcher.scheduler is not None
+        scheduler = watcher.scheduler
+        await wait_for(lambda: scheduler.passes >= 2)
+        clock.advance(-86400)
+        before = scheduler.passes
+        await wait_for(lambda: scheduler.passes >= before + 5)
+
+
+# -- discovery windows ---------------------------------------------------------------------------
+
+
+async def test_a_job_listed_late_is_still_discovered(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """A job that Azure lists 20 minutes after its start (an agent reports late) is found by the overlap of the next listing."""
+    estate.add_vault(SUB, RG, "vault-d")
+    config = make_config(sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3")
+    vault = VaultRef(SUB, RG, "vault-d")
+    async with parts(config, clock) as (scheduler, tracker, _client):
+        state = tracker.vaults[vault.key]
+        assert await scheduler.discover(state) == 0
+        late = estate.add(
+            SimJob(
+                subscription_id=SUB,
+                resource_group=RG,
+                vault="vault-d",
+                job_id="00000000-0000-4000-9000-00000000late",
+                job_type="MabJob",
+                operation="Backup",
+                entity="fileserver01",
+                backup_management_type="MAB",
+                start=clock() + 60,
+                duration=600,
+                appears_after=1200,
+            )
+        )
+        for _ in range(5):  # listings every 5 minutes; the job is invisible for the first four
+            clock.advance(300)
+            await scheduler.discover(state)
+        assert tracker.known(vault, late.job_id) is not None
+
+
+async def test_downtime_longer_than_the_lookback_is_logged_and_counted(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """A vault last listed two days ago with a one-day lookback: discovery_gap is logged with its bounds and counted."""
+    estate.add_vault(SUB, RG, "vault-d")
+    config = make_config(sim.url, [_vault("vault-d", discover=True)], tmp_path / "s.sqlite3")
+    vault = VaultRef(SUB, RG, "vault-d")
+    async with parts(config, clock) as (scheduler, tracker, _client):
+        state = tracker.vaults[vault.key]
+        await scheduler.discover(state)
+        clock.advance(2 * 86400)
+        with capture_logs() as logs:
+            await scheduler.discover(state)
+            await scheduler.discover(state)
+        gaps = [e for e in logs if e["event"] == "discovery_gap"]
+        assert len(gaps) == 1
+        assert gaps[0]["gap_seconds"] == pytest.approx(86400, abs=5)
+        assert tracker.discovery_gaps[vault.key] == 1

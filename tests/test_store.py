@@ -126,10 +126,68 @@ def test_pruning_forgets_old_finished_jobs_without_losing_totals(tmp_path: Path)
     assert removed == 1
     assert {k[1] for k in tracker.jobs} == {"keep", "running"}
     assert tracker.counters[FINISHED] == totals
-    assert (VAULT.key, "vm-drop", "Backup") in tracker.items
+    # No job for longer than the retention: the item leaves /metrics; its row stays in the store.
+    assert (VAULT.key, "vm-drop", "Backup") not in tracker.items
+    assert "vm-drop" in {item.entity for item in tracker.store.items()}
     assert tracker.store.transitions() == []
     tracker.store.close()
     restored = _tracker(path, clock, jobs=("keep",))
     assert {k[1] for k in restored.jobs} == {"keep", "running"}
     assert restored.counters[FINISHED] == totals
     restored.store.close()
+
+
+def test_an_item_without_jobs_for_the_retention_leaves_the_metrics_until_its_next_job(tmp_path: Path) -> None:
+    """A decommissioned item's series age out after store.retention without jobs; a new job brings it back."""
+    clock = FakeClock()
+    tracker = _tracker(tmp_path / "s.sqlite3", clock)
+    start = clock() - 600
+    tracker.observe(VAULT, _job("old", "Completed", start, clock(), entity="vm-gone"))
+    clock.advance(20 * 86400)
+    tracker.observe(VAULT, _job("new", "Completed", clock() - 600, clock(), entity="vm-alive"))
+    clock.advance(11 * 86400)
+    tracker.prune(lookback=86400, retention=30 * 86400)
+    assert {key[1] for key in tracker.items} == {"vm-alive"}
+    assert {item.entity for item in tracker.snapshot().items} == {"vm-alive"}
+    tracker.observe(VAULT, _job("back", "Completed", clock() - 600, clock(), entity="vm-gone"))
+    assert {key[1] for key in tracker.items} == {"vm-alive", "vm-gone"}
+    tracker.store.close()
+
+
+def test_a_commit_that_fails_ends_its_transaction(tmp_path: Path) -> None:
+    """A write whose COMMIT fails raises StoreError and leaves no transaction open: the next write works."""
+    clock = FakeClock()
+    tracker = _tracker(tmp_path / "s.sqlite3", clock)
+    store = tracker.store
+    # A deferred foreign key that every new job row violates: the violation surfaces at COMMIT.
+    store.conn.executescript(
+        """
+        PRAGMA foreign_keys = ON;
+        CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY);
+        CREATE TEMP TABLE child (id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TEMP TRIGGER orphan AFTER INSERT ON main.jobs BEGIN INSERT INTO child VALUES (1); END;
+        """
+    )
+    with pytest.raises(StoreError, match="FOREIGN KEY"):
+        tracker.observe(VAULT, _job("a", "InProgress", clock() - 60, None))
+    assert not store.conn.in_transaction
+    store.conn.execute("DROP TRIGGER temp.orphan")
+    tracker.observe(VAULT, _job("b", "InProgress", clock() - 60, None))
+    assert [row.job_id for row in store.jobs()] == ["b"]
+    store.close()
+
+
+def test_a_final_job_is_never_set_back_to_running(tmp_path: Path) -> None:
+    """A listing that raced the GET which saw the end (it still says InProgress) does not undo the end."""
+    clock = FakeClock()
+    tracker = _tracker(tmp_path / "s.sqlite3", clock)
+    start = clock() - 600
+    tracker.observe(VAULT, _job("j", "InProgress", start, None))
+    tracker.observe(VAULT, _job("j", "Completed", start, clock()))
+    stale = tracker.observe_many(VAULT, [_job("j", "InProgress", start, None)], detailed=False)
+    assert stale == []
+    tj = tracker.known(VAULT, "j")
+    assert tj is not None
+    assert (tj.status, str(tj.state)) == ("Completed", "final")
+    assert [t["to_status"] for t in tracker.store.transitions("j")] == ["InProgress", "Completed"]
+    tracker.store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
 import time
@@ -19,9 +20,9 @@ from watcher.azure.auth import CLOUDS, TokenProvider, build_credential, manageme
 from watcher.azure.client import ArmClient
 from watcher.azure.models import VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter
-from watcher.config import Config, load_config, parse_listen
+from watcher.config import Config, apply_env_overrides, load_config, parse_listen
 from watcher.errors import ConfigError, WatcherError
-from watcher.logs import get_logger
+from watcher.logs import configure_logging, get_logger
 from watcher.metrics import Metrics
 from watcher.scheduler import Scheduler
 from watcher.sharding import shard_of
@@ -62,7 +63,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
 @dataclass
 class AzureSide:
-    """The pieces that talk to Azure; rebuilt as one when a reload changes `azure` or `poll`."""
+    """The pieces that talk to Azure; rebuilt as one when a reload changes `azure`."""
 
     session: aiohttp.ClientSession
     tokens: TokenProvider
@@ -72,9 +73,28 @@ class AzureSide:
         await self.session.close()
         await self.tokens.close()
 
+    async def retire(self, wait: float) -> None:
+        """End retries now, let requests in flight finish (at most `wait` seconds), then close."""
+        self.client.retire()
+        with contextlib.suppress(TimeoutError):  # closing the session ends what is left
+            await asyncio.wait_for(self.client.idle.wait(), wait)
+        await self.close()
 
-def build_azure(config: Config, metrics: Metrics | None, limiter: SubscriptionLimiter) -> AzureSide:
-    """Session, credential, token cache and client for a config."""
+
+def client_settings(config: Config, *, daemon: bool) -> dict[str, Any]:
+    """The client's poll settings; the daemon waits in place for a retry no longer than an interval."""
+    return {
+        "backoff": Backoff(config.poll.backoff_initial, config.poll.backoff_max),
+        "concurrency": config.poll.concurrency,
+        "request_timeout": config.poll.request_timeout,
+        "max_retry_wait": min(config.poll.interval, config.poll.backoff_max) if daemon else None,
+    }
+
+
+def build_azure(
+    config: Config, metrics: Metrics | None, limiter: SubscriptionLimiter, *, daemon: bool = False
+) -> AzureSide:
+    """Session, credential, token cache and client for a config (for the daemon, or for one command)."""
     credential = build_credential(config.azure)
     tokens = TokenProvider(credential, CLOUDS[config.azure.cloud].scope)
     connector = aiohttp.TCPConnector(
@@ -87,10 +107,8 @@ def build_azure(config: Config, metrics: Metrics | None, limiter: SubscriptionLi
         endpoint=management_endpoint(config.azure),
         api_version=config.azure.api_version,
         limiter=limiter,
-        backoff=Backoff(config.poll.backoff_initial, config.poll.backoff_max),
-        concurrency=config.poll.concurrency,
-        request_timeout=config.poll.request_timeout,
         observer=metrics,
+        **client_settings(config, daemon=daemon),
     )
     return AzureSide(session, tokens, client)
 
@@ -115,13 +133,16 @@ class Watcher:
         self.azure: AzureSide | None = None
         self.scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self.port: int | None = None
         self.failure: BaseException | None = None
-
-    def _limiter(self, config: Config) -> SubscriptionLimiter:
-        return SubscriptionLimiter(
-            config.poll.ratelimit_burst, config.poll.ratelimit_per_second, on_remaining=self.metrics.remaining
+        # One limiter for the daemon's life: what it learnt of throttling survives a reload.
+        self.limiter = SubscriptionLimiter(
+            self.config.poll.ratelimit_burst,
+            self.config.poll.ratelimit_per_second,
+            on_remaining=self.metrics.remaining,
         )
 
     async def start(self) -> None:
@@ -131,7 +152,7 @@ class Watcher:
             self.tracker = Tracker(self.store, clock=self.clock)
             self.tracker.set_vaults(owned_vaults(self.config, self.shard))
             self.metrics.watch(self.tracker.snapshot)
-            self.azure = build_azure(self.config, self.metrics, self._limiter(self.config))
+            self.azure = build_azure(self.config, self.metrics, self.limiter, daemon=True)
             self.scheduler = Scheduler(self.tracker, self.azure.client, self.config, clock=self.clock)
             await self._serve()
         except BaseException:
@@ -162,18 +183,24 @@ class Watcher:
             healthy=self.healthy,
             ready=lambda: self.scheduler is not None and self.scheduler.ready,
             jobs=self.tracker.api_jobs,
+            stale=self.stale_vaults,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        host, port = parse_listen(self.listen or self.config.http.listen)
+        self._site, self.port = await self._bind(self.listen or self.config.http.listen)
+
+    async def _bind(self, listen: str) -> tuple[web.TCPSite, int]:
+        assert self._runner is not None
+        host, port = parse_listen(listen)
         site = web.TCPSite(self._runner, host, port)
+        before = set(map(str, self._runner.addresses))
         try:
             await site.start()
         except OSError as exc:
             raise WatcherError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        server = site._server  # aiohttp exposes the bound port only through the server's sockets
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        # The port actually bound (port 0 asks for any): the address the runner gained.
+        new = [a for a in self._runner.addresses if str(a) not in before]
+        return site, int(new[0][1]) if new else port
 
     def healthy(self) -> bool:
         return (
@@ -182,6 +209,20 @@ class Watcher:
             and not self._loop_task.done()
             and self.scheduler.healthy()
         )
+
+    def stale_vaults(self) -> list[str]:
+        """One line per vault without a good poll for several intervals, for /healthz."""
+        if self.scheduler is None:
+            return []
+        out = []
+        for s in self.scheduler.stale_vaults():
+            ref = s.ref
+            out.append(
+                f"{ref.subscription_id}/{ref.resource_group}/{ref.name}: no good poll for "
+                f"{int(self.scheduler.monotonic() - (s.last_ok or s.watched_since))}s"
+                + (f" ({s.last_error})" if s.last_error else "")
+            )
+        return out
 
     async def _guarded_loop(self) -> None:
         assert self.scheduler is not None
@@ -204,39 +245,58 @@ class Watcher:
         source = path or self.config_path
         if source is None:
             return False
+        site: tuple[web.TCPSite, int] | None = None
         try:
-            new = load_config(source)
+            new = apply_env_overrides(load_config(source))
             if str(new.store.path) != str(self.config.store.path):
                 raise ConfigError(
                     source, [("store.path", "cannot change while running; restart to move the store")]
                 )
-            rebuild = new.azure != self.config.azure or new.poll != self.config.poll
-            azure = build_azure(new, self.metrics, self._limiter(new)) if rebuild else None
+            if self.listen is None and new.http.listen != self.config.http.listen:
+                site = await self._bind(new.http.listen)
+            azure = build_azure(new, self.metrics, self.limiter) if new.azure != self.config.azure else None
         except WatcherError as exc:
+            if site is not None:
+                await site[0].stop()
             self.metrics.config_reload_ok.set(0)
             lines = exc.lines() if isinstance(exc, ConfigError) else [str(exc)]
             log.error("config_reload_failed", config=source, errors=lines)
             return False
         assert self.tracker is not None
         assert self.scheduler is not None
+        assert self.azure is not None
+        old = self.config
         old_azure = self.azure
+        if site is not None:
+            old_site, (self._site, self.port) = self._site, site
+            if old_site is not None:
+                await old_site.stop()
+        if new.logging != old.logging:
+            configure_logging(new.logging.format, new.logging.level)
+        self.limiter.reconfigure(new.poll.ratelimit_burst, new.poll.ratelimit_per_second)
         if azure is not None:
             self.azure = azure
+            # Retries still waiting on the old client end now; what is in flight finishes, then it closes.
+            task = asyncio.create_task(old_azure.retire(new.poll.request_timeout + 1))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        else:
+            self.azure.client.reconfigure(**client_settings(new, daemon=True))
         self.config = new
         removed = self.tracker.set_vaults(owned_vaults(new, self.shard))
         self.scheduler.reconfigure(new, azure.client if azure else None)
         self.metrics.forget_subscriptions(v.ref.subscription_id for v in self.tracker.vaults.values())
         self.metrics.config_reload_ok.set(1)
-        if azure is not None and old_azure is not None:
-            # Requests still in flight on the old session finish within their timeout.
-            asyncio.get_running_loop().call_later(
-                new.poll.request_timeout + 1, lambda: asyncio.ensure_future(old_azure.close())
-            )
         log.info(
             "config_reloaded",
             config=source,
             vaults=len(self.tracker.vaults),
             removed=[r.name for r in removed],
+            azure_rebuilt=azure is not None,
+            listen=f"{self.listen_host}:{self.port}",
+            ignored=["http.listen (--listen given)"]
+            if self.listen is not None and new.http.listen != old.http.listen
+            else [],
         )
         return True
 
@@ -257,6 +317,10 @@ class Watcher:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for task in list(self._retiring):
+            task.cancel()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.azure is not None:
             await self.azure.close()
             self.azure = None

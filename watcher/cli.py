@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from watcher import __version__
-from watcher.config import Config, effective_config, load_config, parse_duration
+from watcher.config import Config, apply_env_overrides, effective_config, load_config, parse_duration
 from watcher.errors import ConfigError, WatcherError
-from watcher.logs import configure_logging
+from watcher.logs import configure_logging, release_broken_streams
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -108,13 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         for line in exc.lines():
-            print(f"error: {line}", file=sys.stderr)
+            _error(f"error: {line}")
         return EXIT_CONFIG
     except WatcherError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return EXIT_FATAL
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_FATAL  # whoever read our output left (`history | head`); nothing is lost but output
+    finally:
+        # Python flushes stdout and stderr as it exits; one whose pipe is gone would make that status 120.
+        release_broken_streams()
+
+
+def _error(line: str) -> None:
+    """A line on stderr, if stderr can still be written: the exit status is what must come through."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr)
 
 
 def _need_config(args: argparse.Namespace) -> str:
@@ -126,13 +137,7 @@ def _need_config(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace, *, require_vaults: bool = True) -> Config:
-    config = load_config(_need_config(args), require_vaults=require_vaults)
-    store_path = os.environ.get("WATCHER_STORE_PATH")
-    if store_path:
-        config = config.model_copy(
-            update={"store": config.store.model_copy(update={"path": Path(store_path)})}
-        )
-    return config
+    return apply_env_overrides(load_config(_need_config(args), require_vaults=require_vaults))
 
 
 def _shard(args: argparse.Namespace) -> tuple[int, int] | None:

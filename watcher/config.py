@@ -261,6 +261,31 @@ class DiscoveryConfig(_Strict):
 
     enabled: StrictBool = False
     lookback: Duration = 86400.0
+    # How far each listing reaches back before the previous one, for jobs that become listable after
+    # their start (agent-reported MABS/DPM and workload jobs) and for clock skew with Azure. Unset: an
+    # hour, or a quarter of the lookback if that is shorter.
+    overlap: Duration = 3600.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_overlap(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("overlap") is None:
+            try:
+                lookback = parse_duration(data.get("lookback", 86400.0))
+            except ValueError:
+                return data  # the lookback's own error is reported
+            data = {**data, "overlap": min(3600.0, lookback / 4)}
+        return data
+
+    @model_validator(mode="after")
+    def _overlap(self) -> DiscoveryConfig:
+        if self.overlap >= self.lookback:
+            raise _field_error(
+                "overlap",
+                f"must be shorter than lookback ({format_duration(self.overlap)} >= "
+                f"{format_duration(self.lookback)})",
+            )
+        return self
 
 
 class StoreConfig(_Strict):
@@ -351,9 +376,39 @@ class Config(_Strict):
             return {k: v for k, v in data.items() if not (k in _SECTIONS and v is None)}
         return data
 
+    @model_validator(mode="after")
+    def _lookback_covers_listings(self) -> Config:
+        # A job that starts and ends between two listings is seen only if the second one reaches back
+        # to the first: the lookback must cover a whole discovery interval.
+        if self.discovery.lookback < self.poll.discovery_interval:
+            raise PydanticCustomError(
+                "field_conflict",
+                "{message}",
+                {
+                    "message": f"must be at least poll.discovery_interval "
+                    f"({format_duration(self.discovery.lookback)} < "
+                    f"{format_duration(self.poll.discovery_interval)}): jobs that start and end between "
+                    "two listings would never be seen",
+                    "field": "lookback",
+                    "section": "discovery",
+                },
+            )
+        return self
+
     def discovers(self, vault: VaultConfig) -> bool:
         """Whether this vault is listed for new jobs."""
         return _discovers(self.discovery.enabled, vault)
+
+
+STORE_PATH_ENV = "WATCHER_STORE_PATH"
+
+
+def apply_env_overrides(config: Config) -> Config:
+    """The config as the environment amends it: `WATCHER_STORE_PATH` replaces `store.path`."""
+    store_path = os.environ.get(STORE_PATH_ENV)
+    if not store_path:
+        return config
+    return config.model_copy(update={"store": config.store.model_copy(update={"path": Path(store_path)})})
 
 
 def _discovers(enabled: bool, vault: VaultConfig) -> bool:
@@ -548,7 +603,8 @@ def _problem(error: Any) -> Problem:
     ctx = error.get("ctx") or {}
     given = _show(error.get("input"))
     if kind == "field_conflict":
-        return (*loc, ctx["field"]), str(ctx["message"])
+        section = (ctx["section"],) if "section" in ctx else ()
+        return (*loc, *section, ctx["field"]), str(ctx["message"])
     if kind == "extra_forbidden":
         return loc, _unknown_key(loc)
     if kind == "invalid_key":

@@ -59,7 +59,11 @@ class ChangePrinter:
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
-        self.colour = out.isatty()
+        self.closed = False
+        try:
+            self.colour = out.isatty()
+        except (OSError, ValueError):
+            self.colour = False
 
     def __call__(self, tj: TrackedJob, prev: str | None, status: str) -> None:
         when = datetime.now().strftime("%H:%M:%S")
@@ -75,7 +79,12 @@ class ChangePrinter:
         if prev is None and status not in ("InProgress", "Cancelling"):
             return  # history found at start-up is in /api/jobs; the screen shows what happens now
         line = f"{when}  {tj.vault.name:<16} {tj.entity[:34]:<34} {operation:<22} {arrow}{extra}"
-        print(line, file=self.out, flush=True)
+        if self.closed:
+            return
+        try:
+            print(line, file=self.out, flush=True)
+        except (OSError, ValueError):
+            self.closed = True  # `demo | head`: the reader left; the daemon goes on (logs, /metrics)
 
     def _paint(self, status: str) -> str:
         if not self.colour:

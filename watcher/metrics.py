@@ -377,9 +377,17 @@ class TrackerCollector(Collector):
             errors,
         )
         yield _Family(
+            "azure_backup_watcher_discovery_gaps",
+            "counter",
+            "Times the watcher was away longer than discovery.lookback, so jobs that started and ended "
+            "meanwhile may be missing (logged as discovery_gap).",
+            VAULT_LABELS,
+            [(tuple(_vault_values(vault)), snap.discovery_gaps.get(vault.key, 0.0)) for vault in snap.vaults],
+        )
+        yield _Family(
             "azure_backup_watcher_last_successful_poll_timestamp_seconds",
             "gauge",
-            "Last time all of the vault's jobs were polled without error.",
+            "Last time a pass over the vault (its listings and job polls) ended without any error.",
             VAULT_LABELS,
             [(tuple(_vault_values(vault)), when) for vault, when in snap.last_ok_poll],
         )

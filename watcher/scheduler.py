@@ -1,13 +1,19 @@
-"""Who is polled when: drift-free rounds, batched listings, discovery, and backoff per job and vault.
+"""Who is polled when: every vault on its own schedule, so one sick vault never slows another.
 
-Each round plans units of work and starts them spread over part of the interval (never all at once):
-- a vault with several unfinished jobs gets one listing filtered to `status eq 'InProgress'`, and one
-  GET for each job that left it (to read its final state and `extendedInfo`);
-- a vault with one unfinished job, and any job not yet seen, gets a GET;
-- a vault that discovers is listed every `discovery_interval` for jobs started since the last look.
-The next round starts `interval` after this one started, whatever this one cost. Requests are bounded
-by the client's concurrency slots and the subscription's token bucket. A failing job or vault backs
-off on its own; the others go on.
+Each vault has a pass every `poll.interval`, at a stable phase of its own within the first half of the
+interval (so a thousand vaults do not all start at once), on a drift-free grid: the next pass is due one
+interval after the previous one was due, whatever that pass cost. A pass:
+- lists the vault for jobs started since its last listing, every `discovery_interval` (at a stable phase
+  of its own within that interval) if the vault discovers;
+- polls the vault's unfinished jobs that are due: with several of them, one listing filtered to
+  `status eq 'InProgress'` and one GET for each job that left it (to read its final state and
+  `extendedInfo`); otherwise a GET each.
+A vault is never polled twice at once: a pass that hangs delays only its own vault. A pass that fails
+as a whole (its listing fails, the vault answers 403 or 429) backs that vault off on its own,
+exponentially with jitter and never sooner than Azure's Retry-After (capped at `backoff_max`); a job
+whose GET fails backs off alone while its vault keeps its interval. Times to poll are on the monotonic
+clock, so a wall-clock step cannot stall or hurry anything. Requests are bounded by the client's
+concurrency slots and each subscription's token bucket.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import asyncio
 import random
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,19 +40,20 @@ from watcher.errors import (
     StoreError,
 )
 from watcher.logs import get_logger
-from watcher.state import TrackedJob, Tracker, VaultState
+from watcher.state import JobState, TrackedJob, Tracker, VaultState
 
 log = get_logger("backup_watcher.scheduler")
 
-SPREAD = 0.5  # share of the interval over which a round's units are started
-LIST_OVERLAP = 120.0  # seconds a discovery listing reaches back before its watermark
+SPREAD = 0.5  # share of the interval over which the vaults' passes are phased
 NOT_FOUND_RECHECK = 3600.0  # a 404 job is looked at again at most this often
 PRUNE_EVERY = 3600.0  # how often old finished jobs and history are dropped
+STALE_INTERVALS = 3  # a vault without a good pass for this many intervals is reported stale
+TICK = 1.0  # the dispatcher looks at least this often (heartbeat, stop, new vaults)
 
 
 @dataclass
 class RoundStats:
-    """What one round did, for logs, benchmarks and tests."""
+    """What a set of passes did, for logs, benchmarks and tests."""
 
     started: float
     units: int = 0
@@ -55,67 +62,170 @@ class RoundStats:
     errors: int = 0
 
 
-@dataclass
-class _VaultRound:
-    ok: bool = True
-    units: int = 0
+@dataclass(slots=True)
+class VaultSchedule:
+    """When a vault is polled next and how polling it goes (monotonic times)."""
+
+    ref: VaultRef
+    phase: float
+    next_poll: float
+    next_discovery: float | None = None
+    task: asyncio.Task[None] | None = None
+    failures: int = 0
+    passes: int = 0
+    last_ok: float | None = None
+    watched_since: float = 0.0
+    stale: bool = False
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One pass over one vault: how many requests failed, and the error that ended it, if one did."""
+
+    errors: int = 0
+    fatal: AzureError | None = None
 
 
 @dataclass
 class Scheduler:
-    """Runs poll rounds until told to stop."""
+    """Runs every vault's passes until told to stop."""
 
     tracker: Tracker
     client: ArmClient
     config: Config
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     rng: Callable[[], float] = random.random
     ready: bool = False
     heartbeat: float = field(default_factory=time.monotonic)
-    rounds: int = 0
-    last_round: RoundStats | None = None
-    _next_discovery: dict[str, float] = field(default_factory=dict)
+    passes: int = 0
+    on_pass: Callable[[VaultRef, RoundStats], None] | None = None
+    _schedules: dict[str, VaultSchedule] = field(default_factory=dict)
     _next_prune: float = 0.0
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _failure: BaseException | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def backoff(self) -> Backoff:
         return Backoff(self.config.poll.backoff_initial, self.config.poll.backoff_max)
 
     def reconfigure(self, config: Config, client: ArmClient | None = None) -> None:
-        """Take a new config (and client) from the next round on."""
+        """Take a new config (and client) for every pass that starts from now on."""
         self.config = config
         if client is not None:
             self.client = client
+        self._wake.set()
 
     def healthy(self) -> bool:
-        """False once the loop has not moved for much longer than a round should take."""
-        limit = max(3 * self.config.poll.interval, 120.0)
-        return self.monotonic() - self.heartbeat < limit
+        """False once the dispatcher has not moved for much longer than it ever waits."""
+        return self.monotonic() - self.heartbeat < max(3 * self.config.poll.interval, 120.0)
 
-    # -- the loop ---------------------------------------------------------------------------
+    def stale_vaults(self) -> list[VaultSchedule]:
+        """Vaults without a good pass for STALE_INTERVALS intervals (since they were first watched)."""
+        now = self.monotonic()
+        limit = STALE_INTERVALS * self.config.poll.interval
+        return [
+            s
+            for s in self._schedules.values()
+            if now - (s.last_ok if s.last_ok is not None else s.watched_since) > limit
+        ]
+
+    # -- the dispatcher ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event, *, grace: float = 5.0) -> None:
-        """Poll rounds until `stop` is set; then give in-flight requests `grace` seconds."""
-        next_start = self.monotonic()
+        """Start each vault's passes when due until `stop` is set; then give passes `grace` seconds."""
         try:
             while not stop.is_set():
-                started = self.monotonic()
-                self.heartbeat = started
-                await self.run_round(stop)
-                self.rounds += 1
-                self._maybe_prune()
-                self.ready = True
-                next_start += self.config.poll.interval
                 now = self.monotonic()
-                if next_start < now:
-                    # A round outlasted the interval: start the next one now, do not try to catch up.
-                    next_start = now
-                await self._wait(stop, next_start - now)
+                self.heartbeat = now
+                self._sync()
+                if self._failure is not None:
+                    # Only a StoreError escapes a pass: stop loudly, not poll on with nothing recorded.
+                    raise self._failure
+                for schedule in self._schedules.values():
+                    if schedule.task is None and schedule.next_poll <= now:
+                        self._launch(schedule)
+                self._note_stale()
+                self._maybe_prune()
+                due = min(
+                    (s.next_poll for s in self._schedules.values() if s.task is None),
+                    default=now + TICK,
+                )
+                await self._sleep_until(stop, min(due, now + TICK))
+            if self._failure is not None:
+                raise self._failure
         finally:
             await self._drain(grace)
+
+    def _sync(self) -> None:
+        """Schedules for vaults that appeared; none for vaults that went (their passes finish alone)."""
+        now = self.monotonic()
+        vaults = self.tracker.vaults
+        for key in [k for k in self._schedules if k not in vaults]:
+            del self._schedules[key]
+        interval = self.config.poll.interval
+        for key, state in vaults.items():
+            if key not in self._schedules:
+                phase = _phase(key, "poll")
+                self._schedules[key] = VaultSchedule(
+                    ref=state.ref, phase=phase, next_poll=now + interval * SPREAD * phase, watched_since=now
+                )
+        if not self.ready and all(s.passes for s in self._schedules.values()):
+            self.ready = True
+
+    def _launch(self, schedule: VaultSchedule) -> None:
+        task = asyncio.create_task(self._guarded_pass(schedule), name=f"pass {schedule.ref.name}")
+        schedule.task = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            schedule.task = None
+            if not t.cancelled() and t.exception() is not None and self._failure is None:
+                self._failure = t.exception()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _sleep_until(self, stop: asyncio.Event, when: float) -> None:
+        self._wake.clear()
+        left = when - self.monotonic()
+        if left <= 0:
+            await asyncio.sleep(0)
+            return
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    async def _drain(self, grace: float) -> None:
+        tasks = [s.task for s in self._schedules.values() if s.task is not None]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    def _note_stale(self) -> None:
+        stale = {s.ref.key for s in self.stale_vaults()}
+        for schedule in self._schedules.values():
+            if schedule.ref.key in stale and not schedule.stale:
+                schedule.stale = True
+                log.warning(
+                    "vault_stale",
+                    vault=schedule.ref.name,
+                    subscription_id=schedule.ref.subscription_id,
+                    resource_group=schedule.ref.resource_group,
+                    intervals=STALE_INTERVALS,
+                    last_error=schedule.last_error,
+                )
+            elif schedule.ref.key not in stale and schedule.stale:
+                schedule.stale = False
+                log.info("vault_recovered", vault=schedule.ref.name)
 
     def _maybe_prune(self) -> None:
         now = self.clock()
@@ -128,239 +238,238 @@ class Scheduler:
         if removed:
             log.info("store_pruned", jobs=removed)
 
-    async def _wait(self, stop: asyncio.Event, seconds: float) -> None:
-        deadline = self.monotonic() + seconds
-        while not stop.is_set():
-            left = deadline - self.monotonic()
-            if left <= 0:
-                return
-            self.heartbeat = self.monotonic()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=min(left, 1.0))
-            except TimeoutError:
-                continue
-
-    async def _drain(self, grace: float) -> None:
-        if not self._tasks:
-            return
-        _done, pending = await asyncio.wait(self._tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+    # -- passes -----------------------------------------------------------------------------
 
     async def run_round(self, stop: asyncio.Event | None = None) -> RoundStats:
-        """Plan one round, start its units spread over the interval, and wait for them."""
+        """One pass of every vault now (not waiting for their schedules), and wait for all of them."""
+        self._sync()
         stats = RoundStats(started=self.clock())
-        requests_before = self._requests_sent()
-        units = self.plan()
-        vault_rounds: dict[str, _VaultRound] = {}
-        for vault, _ in units:
-            vault_rounds.setdefault(vault.key, _VaultRound()).units += 1
-        stats.units = len(units)
-        gap = (self.config.poll.interval * SPREAD / len(units)) if units else 0.0
-        base = self.monotonic()
-        launched: list[asyncio.Task[None]] = []
-        for index, (vault, unit) in enumerate(units):
-            if stop is not None and stop.is_set():
-                break
-            if any(t.done() and not t.cancelled() and t.exception() for t in launched):
-                break  # a unit lost the store: launch no more
-            # Even spacing with jitter, so rounds of many watchers do not line up either.
-            due = base + gap * (index + self.rng())
-            delay = due - self.monotonic()
-            if delay > 0:
-                await self.sleep(delay)
-            task = asyncio.create_task(self._guarded(vault, unit, vault_rounds[vault.key], stats))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            launched.append(task)
-        while self._tasks:
-            # Waiting on Azure (throttling, retries) is not being stuck: keep the heartbeat going.
-            self.heartbeat = self.monotonic()
-            await asyncio.wait(set(self._tasks), timeout=1.0)
-        for task in launched:
-            # Only a StoreError escapes a unit: raise it so the daemon stops loudly instead of polling on
-            # with nothing recorded.
-            if not task.cancelled() and (error := task.exception()) is not None:
-                raise error
-        now = self.clock()
-        for key, vr in vault_rounds.items():
-            state = self.tracker.vaults.get(key)
-            if vr.ok and state is not None:
-                self.tracker.vault_polled(state.ref, now)
-        stats.finished = now
-        stats.requests = self._requests_sent() - requests_before
-        self.last_round = stats
-        log.debug(
-            "round_done",
-            units=stats.units,
-            requests=stats.requests,
-            errors=stats.errors,
-            seconds=round(now - stats.started, 3),
-        )
+        before = self.client.requests_sent
+        schedules = [s for s in self._schedules.values() if s.task is None]
+        if stop is None or not stop.is_set():
+            for schedule in schedules:
+                self._launch(schedule)
+        tasks = [s.task for s in schedules if s.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._failure is not None:
+            raise self._failure
+        stats.units = len(tasks)
+        stats.errors = sum(1 for s in schedules if s.last_error is not None)
+        stats.finished = self.clock()
+        stats.requests = self.client.requests_sent - before
+        self._sync()
         return stats
 
-    def _requests_sent(self) -> int:
-        return self.client.requests_sent
-
-    async def _guarded(
-        self, vault: VaultRef, unit: Callable[[], Awaitable[None]], vround: _VaultRound, stats: RoundStats
-    ) -> None:
+    async def _guarded_pass(self, schedule: VaultSchedule) -> None:
+        state = self.tracker.vaults.get(schedule.ref.key)
+        if state is None:
+            return  # dropped by a reload since it was due
+        started = self.monotonic()
+        client = self.client
+        before = client.requests_sent
+        outcome = _Pass()
         try:
-            await unit()
+            await self._pass(state, schedule, outcome)
         except AzureError as exc:
-            vround.ok = False
-            stats.errors += 1
-            self._vault_error(vault, exc)
+            outcome.fatal = exc
         except StoreError:
-            # Without the store nothing can be recorded safely: stop the daemon loudly.
             raise
         except Exception:
-            vround.ok = False
-            stats.errors += 1
-            log.exception("poll_unit_crashed", vault=vault.name)
+            # A bug, not Azure: logged with its traceback, and the vault backs off like any failure.
+            log.exception("poll_pass_crashed", vault=schedule.ref.name)
+            outcome.fatal = AzureError("the pass crashed (see poll_pass_crashed)")
         finally:
             self.heartbeat = self.monotonic()
+        if outcome.fatal is not None:
+            outcome.errors += 1
+            self._vault_error(state, outcome.fatal)
+        self._finish(schedule, state, started, outcome)
+        if self.on_pass is not None:
+            stats = RoundStats(
+                started=started, units=1, requests=client.requests_sent - before, errors=outcome.errors
+            )
+            stats.finished = self.monotonic()
+            self.on_pass(schedule.ref, stats)
 
-    # -- planning ---------------------------------------------------------------------------
+    def _finish(self, schedule: VaultSchedule, state: VaultState, started: float, outcome: _Pass) -> None:
+        now = self.monotonic()
+        schedule.passes += 1
+        self.passes += 1
+        interval = self.config.poll.interval
+        if outcome.fatal is None:
+            schedule.failures = 0
+            # Drift-free: one interval after this pass was due; a pass that overran starts the next now.
+            schedule.next_poll = max(schedule.next_poll + interval, now)
+            if schedule.next_poll > now + interval:
+                schedule.next_poll = now + interval  # after a long backoff, back on a plain interval
+        else:
+            schedule.failures += 1
+            retry_after = outcome.fatal.retry_after if isinstance(outcome.fatal, RetryableError) else None
+            delay = self.backoff.delay(schedule.failures - 1, retry_after)
+            schedule.next_poll = now + max(delay, interval)
+        if outcome.errors == 0:
+            schedule.last_ok = now
+            schedule.last_error = None
+            self.tracker.vault_polled(state.ref, self.clock())
+        elif outcome.fatal is not None:
+            schedule.last_error = f"{outcome.fatal.reason}: {outcome.fatal}"
+        log.debug(
+            "vault_pass_done",
+            vault=state.ref.name,
+            errors=outcome.errors,
+            seconds=round(now - started, 3),
+            next_in=round(schedule.next_poll - now, 3),
+        )
 
-    def plan(self) -> list[tuple[VaultRef, Callable[[], Awaitable[None]]]]:
-        """The units of this round, by vault."""
-        now = self.clock()
-        units: list[tuple[VaultRef, Callable[[], Awaitable[None]]]] = []
-        by_vault: dict[str, list[TrackedJob]] = {}
-        for tj in self.tracker.jobs.values():
-            if tj.polls and tj.next_check <= now:
-                by_vault.setdefault(tj.vault.key, []).append(tj)
-        for state in self.tracker.vaults.values():
-            vault = state.ref
-            if state.unauthorized and now < state.next_check:
-                continue
-            next_at = self._next_discovery.get(vault.key)
-            if state.discover and (next_at is None or now >= next_at):
-                # The first listing is at once; after that each vault keeps a stable phase of its own, so
-                # a round lists about vaults * interval / discovery_interval of them, not all at once.
-                every = self.config.poll.discovery_interval
-                if next_at is None:
-                    next_at = now - every * (1.0 - _discovery_phase(vault.key))
-                self._next_discovery[vault.key] = max(next_at + every, now)
-                units.append((vault, self._discover_unit(state)))
-            due = by_vault.get(vault.key, [])
-            if not due:
-                continue
-            unseen = [tj for tj in due if tj.start_time is None or tj.state == "not_found"]
-            seen = [tj for tj in due if tj not in unseen]
-            if len(seen) >= 2:
-                units.append((vault, self._batch_unit(vault, seen)))
-            else:
-                unseen = seen + unseen
-            for tj in unseen:
-                units.append((vault, self._get_unit(vault, tj)))
-        return units
+    async def _pass(self, state: VaultState, schedule: VaultSchedule, outcome: _Pass) -> None:
+        vault = state.ref
+        now = self.monotonic()
+        if state.discover and (schedule.next_discovery is None or now >= schedule.next_discovery):
+            every = self.config.poll.discovery_interval
+            if schedule.next_discovery is None:
+                # The first listing is at once; after that each vault keeps a stable phase of its own.
+                schedule.next_discovery = now - every * (1.0 - _phase(vault.key, "discovery"))
+            schedule.next_discovery = max(schedule.next_discovery + every, now)
+            await self.discover(state, outcome)
+        outcome.errors += await self._poll_jobs(vault)
 
-    # -- units ------------------------------------------------------------------------------
+    async def _poll_jobs(self, vault: VaultRef) -> int:
+        """Poll the vault's due unfinished jobs; the number of requests that failed."""
+        batched, singles = plan_jobs(self.tracker.polled_jobs(vault), self.monotonic())
+        errors = 0
+        if batched:
+            errors += await self._batch(vault, batched)
+        errors += await self._get_many(vault, [tj.job_id for tj in singles])
+        return errors
 
-    def _get_unit(self, vault: VaultRef, tj: TrackedJob) -> Callable[[], Awaitable[None]]:
-        async def unit() -> None:
-            await self._get(vault, tj.job_id)
+    async def _get_many(self, vault: VaultRef, job_ids: list[str]) -> int:
+        """GET each job, at most a quarter of the concurrency at once: one vault never takes every slot."""
+        if not job_ids:
+            return 0
+        slots = asyncio.Semaphore(max(2, self.client.concurrency // 4))
 
-        return unit
+        async def one(job_id: str) -> None:
+            async with slots:
+                await self._get(vault, job_id)
+
+        results = await asyncio.gather(*(one(job_id) for job_id in job_ids), return_exceptions=True)
+        failed: list[AzureError] = []
+        fatal: AzureError | None = None
+        for result in results:
+            if isinstance(result, ForbiddenError | AuthError):
+                # Not this job's problem but the vault's or the credential's: the whole pass fails.
+                fatal = fatal or result
+            elif isinstance(result, AzureError):
+                failed.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        self._request_errors(vault, failed)
+        if fatal is not None:
+            raise fatal
+        return len(failed)
 
     async def _get(self, vault: VaultRef, job_id: str) -> Job | None:
+        """GET one job and record it; None for a job Azure does not know (re-checked rarely).
+
+        A job whose GET fails backs off on its own and the error is re-raised for its pass to count.
+        """
         try:
             job = await self.client.get_job(vault, job_id)
         except NotFoundError as exc:
+            # Not the vault's failure: the job is gone or not visible yet. Counted, kept, asked again later.
             self.tracker.poll_error(vault, exc.reason)
             known = self.tracker.known(vault, job_id)
-            if known is None or known.state != "not_found":
+            if known is None or known.state is not JobState.NOT_FOUND:
                 log.warning("job_not_found", vault=vault.name, job_id=job_id, error=str(exc))
-            self.tracker.mark_error(vault, job_id, str(exc), state="not_found")
+            self.tracker.mark_error(vault, job_id, str(exc), state=JobState.NOT_FOUND)
             tracked = self.tracker.known(vault, job_id)
             if tracked is not None:
-                tracked.next_check = self.clock() + min(
+                tracked.next_check = self.monotonic() + min(
                     NOT_FOUND_RECHECK, max(10 * self.config.poll.interval, self.config.poll.backoff_max)
                 )
             return None
-        except (RetryableError, AuthError) as exc:
+        except AzureError as exc:
             tracked = self.tracker.known(vault, job_id)
             if tracked is not None:
                 tracked.failures += 1
                 retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
-                tracked.next_check = self.clock() + self.backoff.delay(tracked.failures - 1, retry_after)
+                delay = self.backoff.delay(tracked.failures - 1, retry_after)
+                tracked.next_check = self.monotonic() + delay
                 tracked.last_error = str(exc)
             raise
         self._clear_vault_error(vault)
         self.tracker.observe(vault, job, detailed=True)
         return job
 
-    def _batch_unit(self, vault: VaultRef, jobs: list[TrackedJob]) -> Callable[[], Awaitable[None]]:
-        async def unit() -> None:
-            starts = [tj.start_time for tj in jobs if tj.start_time is not None]
-            flt = JobFilter(
-                start_time=_dt(min(starts) - LIST_OVERLAP),
-                end_time=_dt(self.clock() + LIST_OVERLAP),
-                status="InProgress",
-            )
-            still: dict[str, Job] = {}
-            async for page in self.client.list_jobs(vault, flt):
-                for job in page:
-                    still[job.job_id.lower()] = job
-            self._clear_vault_error(vault)
-            seen = [still[tj.job_id.lower()] for tj in jobs if tj.job_id.lower() in still]
-            if seen:
-                self.tracker.observe_many(vault, seen, detailed=False)
-            gone = [tj for tj in jobs if tj.job_id.lower() not in still]
-            # Those that left the listing ended (or are Cancelling): one GET each for the final state.
-            results = await asyncio.gather(
-                *(self._get(vault, tj.job_id) for tj in gone), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+    async def _batch(self, vault: VaultRef, jobs: list[TrackedJob]) -> int:
+        """One listing of the vault's InProgress jobs; a GET for each of `jobs` that left it."""
+        overlap = self.config.discovery.overlap
+        starts = [tj.start_time for tj in jobs if tj.start_time is not None]
+        flt = JobFilter(
+            start_time=_dt(min(starts) - overlap),
+            end_time=_dt(self.clock() + overlap),
+            status="InProgress",
+        )
+        still: dict[str, Job] = {}
+        async for page in self.client.list_jobs(vault, flt):
+            for job in page:
+                still[job.job_id.lower()] = job
+        self._clear_vault_error(vault)
+        seen = [still[tj.job_id.lower()] for tj in jobs if tj.job_id.lower() in still]
+        if seen:
+            self.tracker.observe_many(vault, seen, detailed=False)
+        # Those that left the listing ended (or are Cancelling): one GET each for the final state.
+        gone = [tj.job_id for tj in jobs if tj.job_id.lower() not in still]
+        return await self._get_many(vault, gone)
 
-        return unit
+    async def discover(self, state: VaultState, outcome: _Pass | None = None) -> int:
+        """List a vault's jobs started since the last look and watch the new ones; how many were new.
 
-    def _discover_unit(self, state: VaultState) -> Callable[[], Awaitable[None]]:
-        async def unit() -> None:
-            await self.discover(state)
-
-        return unit
-
-    async def discover(self, state: VaultState) -> int:
-        """List a vault's jobs started since the last look; watch the new ones. Returns how many."""
+        A listing that fails raises (the pass fails). A GET of a new finished job that fails is counted
+        in `outcome` and the listing's view of that job is kept.
+        """
         vault = state.ref
         now = self.clock()
-        since = state.watermark if state.watermark is not None else now - self.config.discovery.lookback
-        since = max(since, now - self.config.discovery.lookback)
-        flt = JobFilter(start_time=_dt(since - LIST_OVERLAP), end_time=_dt(now + LIST_OVERLAP))
-        new_jobs: list[Job] = []
+        lookback = self.config.discovery.lookback
+        if state.watermark is not None and now - state.watermark > lookback:
+            self.tracker.discovery_gap(vault, state.watermark, now - lookback)
+        since = state.watermark if state.watermark is not None else now - lookback
+        since = max(since, now - lookback)
+        overlap = self.config.discovery.overlap
+        flt = JobFilter(start_time=_dt(since - overlap), end_time=_dt(now + overlap))
+        new_jobs: dict[str, Job] = {}
         updates: list[Job] = []
         async for page in self.client.list_jobs(vault, flt):
             for job in page:
                 known = self.tracker.known(vault, job.job_id)
-                if known is None or known.state == "not_found":
-                    new_jobs.append(job)
-                elif known.state == "active" and job.status != known.status and not job.is_final:
-                    # An end is left to the job's own poll this round, which reads its extendedInfo.
+                if known is None or known.state is JobState.NOT_FOUND:
+                    new_jobs[job.job_id.lower()] = job
+                elif known.state is JobState.ACTIVE and job.status != known.status and not job.is_final:
+                    # An end is left to the job's own poll, which reads its extendedInfo.
                     updates.append(job)
         self._clear_vault_error(vault)
         # New finished jobs that are news get one GET for their errors and extendedInfo.
-        fetch = [j for j in new_jobs if j.is_final and self.tracker.is_news(j)]
-        plain = [j for j in new_jobs if j not in fetch]
+        fetch = {key: j for key, j in new_jobs.items() if j.is_final and self.tracker.is_news(j)}
+        plain = [j for key, j in new_jobs.items() if key not in fetch]
         if plain:
             self.tracker.observe_many(vault, plain, detailed=False)
         if updates:
             self.tracker.observe_many(vault, updates, detailed=False)
-        results = await asyncio.gather(*(self._get(vault, j.job_id) for j in fetch), return_exceptions=True)
-        for job, result in zip(fetch, results, strict=True):
-            if isinstance(result, BaseException):
+        results = await asyncio.gather(
+            *(self._get(vault, j.job_id) for j in fetch.values()), return_exceptions=True
+        )
+        failed: list[AzureError] = []
+        for job, result in zip(fetch.values(), results, strict=True):
+            if isinstance(result, AzureError):
                 # Keep what the listing said; the GET's error is counted like any other.
                 self.tracker.observe(vault, job, detailed=False)
-                if isinstance(result, AzureError):
-                    self._vault_error(vault, result)
-                else:
-                    raise result
+                failed.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        self._request_errors(vault, failed)
+        if outcome is not None:
+            outcome.errors += len(failed)
         self.tracker.set_watermark(vault, now)
         if new_jobs:
             log.info("jobs_discovered", vault=vault.name, new=len(new_jobs), since=_dt(since).isoformat())
@@ -368,10 +477,20 @@ class Scheduler:
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _vault_error(self, vault: VaultRef, exc: AzureError) -> None:
+    def _request_errors(self, vault: VaultRef, failed: list[AzureError]) -> None:
+        """Requests of a pass failed (the pass went on): count each, log one line per reason."""
+        by_reason: dict[str, list[AzureError]] = {}
+        for exc in failed:
+            self.tracker.poll_error(vault, exc.reason)
+            by_reason.setdefault(exc.reason, []).append(exc)
+        for errors in by_reason.values():
+            self._log_error(vault, errors[0], requests=len(errors))
+
+    def _vault_error(self, state: VaultState, exc: AzureError) -> None:
+        """The pass failed as a whole: count it; a 403 marks the vault unauthorized until a poll works."""
+        vault = state.ref
         self.tracker.poll_error(vault, exc.reason)
-        state = self.tracker.vaults.get(vault.key)
-        if isinstance(exc, ForbiddenError) and state is not None:
+        if isinstance(exc, ForbiddenError):
             if not state.unauthorized:
                 log.error(
                     "vault_unauthorized",
@@ -381,16 +500,24 @@ class Scheduler:
                     error=str(exc),
                 )
             state.unauthorized = str(exc)
-            state.failures += 1
-            state.next_check = self.clock() + self.backoff.delay(state.failures - 1, None)
             return
         if isinstance(exc, NotFoundError):
-            return  # logged where it happened, per job
+            log.warning("vault_not_found", vault=vault.name, error=str(exc))
+            return
+        self._log_error(vault, exc)
+
+    def _log_error(self, vault: VaultRef, exc: AzureError, *, requests: int = 1) -> None:
         event = "auth_failed" if isinstance(exc, AuthError) else "poll_failed"
         if isinstance(exc, ApiVersionError):
             event = "api_version_rejected"
         log.warning(
-            event, vault=vault.name, reason=exc.reason, status=exc.status, code=exc.code, error=str(exc)
+            event,
+            vault=vault.name,
+            reason=exc.reason,
+            status=exc.status,
+            code=exc.code,
+            error=str(exc),
+            requests=requests,
         )
 
     def _clear_vault_error(self, vault: VaultRef) -> None:
@@ -398,12 +525,31 @@ class Scheduler:
         if state is not None and state.unauthorized:
             log.info("vault_authorized", vault=vault.name)
             state.unauthorized = None
-            state.failures = 0
 
 
-def _discovery_phase(vault_key: str) -> float:
-    """A share of the discovery interval in (0, 1], stable for a vault and spread over vaults."""
-    return (zlib.crc32(vault_key.encode()) % 1000 + 1) / 1000
+def plan_jobs(jobs: list[TrackedJob], now: float) -> tuple[list[TrackedJob], list[TrackedJob]]:
+    """Among the jobs due at `now`: those one batched listing covers, and those that need a GET each.
+
+    A listing pays off from two jobs whose start time is known (its time window needs it); a job not yet
+    seen, or not found, gets a GET. Linear in the number of jobs.
+    """
+    batched: list[TrackedJob] = []
+    singles: list[TrackedJob] = []
+    for tj in jobs:
+        if tj.next_check > now:
+            continue
+        if tj.start_time is not None and tj.state is JobState.ACTIVE:
+            batched.append(tj)
+        else:
+            singles.append(tj)
+    if len(batched) < 2:
+        return [], batched + singles
+    return batched, singles
+
+
+def _phase(vault_key: str, what: str) -> float:
+    """A share of an interval in (0, 1], stable for a vault and spread over vaults."""
+    return (zlib.crc32(f"{what}:{vault_key}".encode()) % 1000 + 1) / 1000
 
 
 def _dt(ts: float) -> datetime:

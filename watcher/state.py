@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import enum
 import functools
 import json
 import time
@@ -42,14 +43,22 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z") if ts is not None else None
 
 
+class JobState(enum.StrEnum):
+    """Where a tracked job stands for the watcher (stored as its value)."""
+
+    ACTIVE = "active"  # not final yet: polled
+    FINAL = "final"  # reached a final status: never set back, never polled again
+    NOT_FOUND = "not_found"  # Azure answered 404: polled again rarely
+
+
 @dataclass(slots=True)
 class TrackedJob:
-    """One job the watcher follows (or followed)."""
+    """One job the watcher follows (or followed); `next_check` is on the scheduler's monotonic clock."""
 
     vault: VaultRef
     job_id: str
     status: str
-    state: str = "active"  # active | final | not_found
+    state: JobState = JobState.ACTIVE
     backup_management_type: str = ""
     counted: bool = False
     first_seen: float = 0.0
@@ -74,12 +83,12 @@ class TrackedJob:
     @property
     def polls(self) -> bool:
         """Whether the scheduler still asks Azure about this job."""
-        return self.state in ("active", "not_found")
+        return self.state is not JobState.FINAL
 
 
 @dataclass(slots=True)
 class VaultState:
-    """A configured vault and how polling it goes."""
+    """A watched vault: what the watcher knows of polling it (its schedule is the scheduler's)."""
 
     ref: VaultRef
     discover: bool
@@ -87,8 +96,6 @@ class VaultState:
     unauthorized: str | None = None
     last_ok_poll: float | None = None
     watermark: float | None = None
-    failures: int = 0
-    next_check: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +110,7 @@ class Snapshot:
     durations: dict[tuple[str, str, str], tuple[list[int], float, int]]
     poll_errors: dict[tuple[str, str], float]
     last_ok_poll: tuple[tuple[VaultRef, float], ...]
+    discovery_gaps: dict[str, float] = field(default_factory=dict)
 
 
 Listener = Callable[[TrackedJob, str | None, str], None]
@@ -121,6 +129,9 @@ class Tracker:
         self.counters: dict[str, dict[str, float]] = defaultdict(dict)
         self.durations: dict[tuple[str, str, str], tuple[list[int], float, int]] = {}
         self.poll_errors: dict[tuple[str, str], float] = defaultdict(float)
+        self.discovery_gaps: dict[str, float] = defaultdict(float)
+        # The jobs still polled (active or not found), by vault key: what a vault's pass looks at.
+        self._polled: dict[str, dict[str, TrackedJob]] = defaultdict(dict)
         self.listeners: list[Listener] = []
         self._version = 0
         self._snapshot: tuple[int, Snapshot] | None = None
@@ -135,7 +146,7 @@ class Tracker:
                 vault=ref,
                 job_id=row.job_id,
                 status=row.status,
-                state=row.state,
+                state=JobState(row.state),
                 counted=bool(row.counted),
                 first_seen=row.first_seen,
                 updated_at=row.updated_at,
@@ -149,7 +160,7 @@ class Tracker:
                 end_time=row.end_time,
                 detail=json.loads(row.detail or "{}"),
             )
-            self.jobs[(row.vault_key, row.job_id.lower())] = tj
+            self._put((row.vault_key, row.job_id.lower()), tj)
         for item in self.store.items():
             self.items[(item.vault_key, item.entity, item.operation)] = item
         for metric, labels, value in self.store.counters():
@@ -198,8 +209,11 @@ class Tracker:
                 job_key = (state.ref.key, job_id.lower())
                 tj = self.jobs.get(job_key)
                 if tj is None:
-                    self.jobs[job_key] = TrackedJob(
-                        vault=state.ref, job_id=job_id, status="Unknown", first_seen=now, configured=True
+                    self._put(
+                        job_key,
+                        TrackedJob(
+                            vault=state.ref, job_id=job_id, status="Unknown", first_seen=now, configured=True
+                        ),
                     )
                 else:
                     tj.configured = True
@@ -209,24 +223,41 @@ class Tracker:
     def known(self, vault: VaultRef, job_id: str) -> TrackedJob | None:
         return self.jobs.get((vault.key, job_id.lower()))
 
-    def active_jobs(self, vault: VaultRef) -> list[TrackedJob]:
-        key = vault.key
-        return [tj for (vk, _), tj in self.jobs.items() if vk == key and tj.state == "active"]
+    def polled_jobs(self, vault: VaultRef) -> list[TrackedJob]:
+        """The vault's jobs the scheduler still asks Azure about (active or not found)."""
+        return list(self._polled.get(vault.key, {}).values())
+
+    def _put(self, key: tuple[str, str], tj: TrackedJob) -> None:
+        """Store `tj` in memory, keeping the per-vault index of polled jobs in step."""
+        self.jobs[key] = tj
+        vault_key, job_key = key
+        if tj.polls:
+            self._polled[vault_key][job_key] = tj
+        else:
+            polled = self._polled.get(vault_key)
+            if polled is not None:
+                polled.pop(job_key, None)
+                if not polled:
+                    del self._polled[vault_key]
 
     # -- observations -----------------------------------------------------------------------
 
     def observe(self, vault: VaultRef, job: Job, *, detailed: bool = True) -> TrackedJob:
         """Record what a poll saw of one job; commit, then update memory, then log."""
-        return self.observe_many(vault, [job], detailed=detailed)[0]
+        recorded = self.observe_many(vault, [job], detailed=detailed)
+        return recorded[0] if recorded else self.jobs[(vault.key, job.job_id.lower())]
 
     def observe_many(self, vault: VaultRef, jobs: list[Job], *, detailed: bool = True) -> list[TrackedJob]:
-        """Record several jobs of one vault in one transaction."""
+        """Record several jobs of one vault in one transaction; the jobs recorded (a final one is kept)."""
         now = self.clock()
         batch = Batch(jobs=[], transitions=[], items=[], counters=[])
         plans: list[tuple[TrackedJob, TrackedJob, str | None, bool, list[tuple[str, str, float]]]] = []
         for job in jobs:
             key = (vault.key, job.job_id.lower())
             old = self.jobs.get(key)
+            if old is not None and old.state is JobState.FINAL and not job.is_final:
+                # Final is final: a listing that raced the GET which saw the end cannot undo it.
+                continue
             tj = _updated(old, vault, job, now, detailed)
             prev_status = old.status if old is not None and old.status != "Unknown" else None
             changed = prev_status != tj.status
@@ -277,7 +308,7 @@ class Tracker:
             self.items[(item.vault_key, item.entity, item.operation)] = item
         out = []
         for tj, _old, _prev, _changed, incs in plans:
-            self.jobs[(vault.key, tj.job_id.lower())] = tj
+            self._put((vault.key, tj.job_id.lower()), tj)
             for metric, labels, inc in incs:
                 if metric == DURATION:
                     continue
@@ -388,13 +419,19 @@ class Tracker:
             self.jobs = {
                 key: tj
                 for key, tj in self.jobs.items()
-                if not (tj.state == "final" and tj.start_time is not None and tj.start_time < cutoff)
+                if not (tj.state is JobState.FINAL and tj.start_time is not None and tj.start_time < cutoff)
                 or key in keep
             }
+        # An item whose entity had no job for the whole retention period (decommissioned, renamed) leaves
+        # /metrics; its row stays in the store and comes back with the item's next job.
+        old_items = [key for key, item in self.items.items() if item.last_end < now - retention]
+        for key in old_items:
+            del self.items[key]
+        if removed or old_items:
             self._changed()
         return removed
 
-    def mark_error(self, vault: VaultRef, job_id: str, error: str, *, state: str | None = None) -> None:
+    def mark_error(self, vault: VaultRef, job_id: str, error: str, *, state: JobState | None = None) -> None:
         """A job could not be read: keep its last known status, note the error (and not_found)."""
         key = (vault.key, job_id.lower())
         tj = self.jobs.get(key)
@@ -406,11 +443,26 @@ class Tracker:
         if state is not None:
             tj.state = state
         self.store.write(Batch(jobs=[_row(vault, tj)], transitions=[], items=[], counters=[]))
-        self.jobs[key] = tj
+        self._put(key, tj)
         self._changed()
 
     def poll_error(self, vault: VaultRef, reason: str) -> None:
         self.poll_errors[(vault.key, reason)] += 1
+        self._changed()
+
+    def discovery_gap(self, vault: VaultRef, last_listed: float, reaches_back_to: float) -> None:
+        """The watcher was away longer than the lookback: jobs that started and ended meanwhile are lost."""
+        gap = reaches_back_to - last_listed
+        self.discovery_gaps[vault.key] += 1
+        log.warning(
+            "discovery_gap",
+            subscription_id=vault.subscription_id,
+            resource_group=vault.resource_group,
+            vault=vault.name,
+            last_listed=_iso(last_listed),
+            lookback_reaches=_iso(reaches_back_to),
+            gap_seconds=round(gap, 1),
+        )
         self._changed()
 
     def vault_polled(self, vault: VaultRef, when: float) -> None:
@@ -458,6 +510,7 @@ class Tracker:
             last_ok_poll=tuple(
                 (v.ref, v.last_ok_poll) for v in self.vaults.values() if v.last_ok_poll is not None
             ),
+            discovery_gaps={k: v for k, v in self.discovery_gaps.items() if k in refs},
         )
         self._snapshot = (self._version, snap)
         return snap
@@ -476,7 +529,9 @@ class Tracker:
                     "vault": tj.vault.name,
                     "job_id": tj.job_id,
                     "status": tj.status,
-                    "state": "unauthorized" if state.unauthorized and tj.state == "active" else tj.state,
+                    "state": "unauthorized"
+                    if state.unauthorized and tj.state is JobState.ACTIVE
+                    else str(tj.state),
                     "operation": tj.operation,
                     "operation_detail": tj.operation_detail,
                     "job_type": tj.job_type,
@@ -526,7 +581,11 @@ class Tracker:
                 ]
             log.info("job_status_changed", **event)
         for listener in self.listeners:
-            listener(tj, prev_status, tj.status)
+            try:
+                listener(tj, prev_status, tj.status)
+            except Exception:
+                # A listener (the demo's printer) must not undo a change that is already recorded.
+                log.exception("listener_failed", listener=getattr(listener, "__name__", repr(listener)))
 
 
 def _vault_labels(vault: VaultRef) -> dict[str, str]:
@@ -559,7 +618,7 @@ def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, deta
         vault=vault,
         job_id=old.job_id if old is not None else job.job_id,
         status=job.status,
-        state="final" if job.is_final else "active",
+        state=JobState.FINAL if job.is_final else JobState.ACTIVE,
         backup_management_type=job.backup_management_type,
         counted=old.counted if old is not None else False,
         first_seen=old.first_seen if old is not None else now,
@@ -597,7 +656,7 @@ def _row(vault: VaultRef, tj: TrackedJob) -> JobRow:
         duration=tj.detail.get("duration"),
         size_bytes=tj.detail.get("size_bytes"),
         detail=json.dumps(tj.detail, separators=(",", ":")),
-        state=tj.state,
+        state=str(tj.state),
         counted=int(tj.counted),
         last_error=tj.last_error,
         first_seen=tj.first_seen,

@@ -8,6 +8,7 @@ file beside it); readers such as `backup-watcher history` open it read-only and 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -274,10 +275,20 @@ class Store:
         try:
             yield
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        else:
+        try:
             self.conn.execute("COMMIT")
+        except sqlite3.Error:
+            # A COMMIT that fails (disk full, a deferred constraint) leaves the transaction open: end it,
+            # or every later BEGIN fails too.
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the error that brought us here is the one to report
+                self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         try:

@@ -17,6 +17,7 @@ def create_app(
     healthy: Callable[[], bool],
     ready: Callable[[], bool],
     jobs: Callable[[], list[dict[str, Any]]],
+    stale: Callable[[], list[str]] = list,
 ) -> web.Application:
     """An aiohttp application serving the watcher's endpoints."""
 
@@ -26,9 +27,17 @@ def create_app(
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(_request: web.Request) -> web.Response:
-        if healthy():
+        # The process's health: a vault that cannot be polled is reported here (and alerted on through
+        # the metrics), but a restart would not cure it, so it does not turn the answer into a 503.
+        if not healthy():
+            return web.Response(status=503, text="scheduler loop is stuck or has stopped\n")
+        lagging = stale()
+        if not lagging:
             return web.Response(text="ok\n")
-        return web.Response(status=503, text="scheduler loop is stuck or has stopped\n")
+        lines = "".join(f"  {line}\n" for line in lagging)
+        return web.Response(
+            text=f"ok, but {len(lagging)} vault(s) not polled for several intervals:\n{lines}"
+        )
 
     async def readyz(_request: web.Request) -> web.Response:
         if ready():

@@ -2,7 +2,10 @@
 
 Every request takes a token from its subscription's bucket and a slot of the process-wide concurrency
 bound, carries a cached bearer token, and is retried on 408, 429, 5xx, timeouts and dropped connections
-with backoff that never undercuts Azure's Retry-After. A 401 forces one token refresh and one retry.
+with backoff that never undercuts Azure's Retry-After. A Retry-After longer than `backoff_max` is capped
+there (and logged); a wait longer than `max_retry_wait` is not spent inside the request: the error goes
+to the caller, whose schedule honours it. A 401 forces one token refresh and one retry. Shutdown and
+`retire()` end every wait for a retry at once: the request raises its last error and sends nothing more.
 Every path segment we build is quoted; URLs Azure hands back (nextLink, Azure-AsyncOperation) are
 sent verbatim (no re-quoting: 2024-era operation URLs carry signed query parameters), but only to the
 configured management host, and never over plain http to anything but loopback. Operation URLs are
@@ -148,6 +151,7 @@ class ArmClient:
         concurrency: int = 16,
         attempts: int = 4,
         request_timeout: float = 30.0,
+        max_retry_wait: float | None = None,
         observer: RequestObserver | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -156,19 +160,23 @@ class ArmClient:
         self.endpoint = endpoint.rstrip("/")
         self.api_version = api_version
         self.limiter = limiter
-        self.backoff = backoff
         self.attempts = attempts
         self.observer = observer
         self.sleep = sleep
-        self.timeout = aiohttp.ClientTimeout(
-            total=request_timeout, sock_connect=min(10.0, request_timeout), sock_read=request_timeout
-        )
-        self._slots = asyncio.Semaphore(concurrency)
-        self.concurrency = concurrency
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests_sent = 0
-        self.stopping = asyncio.Event()  # set on shutdown: retries end instead of sleeping
+        self.busy = 0  # logical requests under way, waits for a retry included
+        self.idle = asyncio.Event()  # set while `busy` is 0
+        self.idle.set()
+        self.stopping = asyncio.Event()  # set on shutdown or retirement: retries end instead of sleeping
+        self.retired = False
+        self.reconfigure(
+            backoff=backoff,
+            concurrency=concurrency,
+            request_timeout=request_timeout,
+            max_retry_wait=max_retry_wait,
+        )
         parts = urlsplit(self.endpoint)
         self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
         if parts.scheme.lower() != "https" and not (parts.scheme.lower() == "http" and _loopback(parts)):
@@ -176,6 +184,29 @@ class ArmClient:
                 "backup-watcher",
                 [("azure.management_endpoint", "must be https; plain http only for loopback hosts")],
             )
+
+    def reconfigure(
+        self,
+        *,
+        backoff: Backoff,
+        concurrency: int,
+        request_timeout: float,
+        max_retry_wait: float | None = None,
+    ) -> None:
+        """Take new poll settings in place (a reload): requests under way keep theirs."""
+        self.backoff = backoff
+        self.timeout = aiohttp.ClientTimeout(
+            total=request_timeout, sock_connect=min(10.0, request_timeout), sock_read=request_timeout
+        )
+        self.max_retry_wait = backoff.maximum if max_retry_wait is None else max_retry_wait
+        if getattr(self, "concurrency", None) != concurrency:
+            self._slots = asyncio.Semaphore(concurrency)
+            self.concurrency = concurrency
+
+    def retire(self) -> None:
+        """Replaced by a new client (a reload): end retries now; what is in flight finishes or times out."""
+        self.retired = True
+        self.stopping.set()
 
     # -- URLs -------------------------------------------------------------------------------
 
@@ -286,7 +317,7 @@ class ArmClient:
             if status.is_final:
                 return status
             base = interval if interval is not None else self.backoff.delay(min(attempt, 3))
-            delay = max(base, retry_after or 0.0)
+            delay = max(base, self._capped("operation_status", retry_after) or 0.0)
             attempt += 1
             if deadline is not None:
                 left = deadline - clock()
@@ -298,7 +329,9 @@ class ArmClient:
     # -- the one retry loop -----------------------------------------------------------------
 
     async def _pause(self, delay: float) -> None:
-        """Sleep before a retry, cut short (with the error re-raised by the caller) on shutdown."""
+        """Sleep before a retry, cut short on shutdown or retirement (the caller then gives up)."""
+        if self.stopping.is_set():
+            return
         sleeper = asyncio.ensure_future(self.sleep(delay))
         stopper = asyncio.ensure_future(self.stopping.wait())
         try:
@@ -308,45 +341,63 @@ class ArmClient:
                 task.cancel()
             await asyncio.gather(sleeper, stopper, return_exceptions=True)
 
+    def _capped(self, endpoint: str, retry_after: float | None) -> float | None:
+        """Azure's Retry-After, never above backoff_max: one answer cannot park a vault for hours."""
+        if retry_after is None or retry_after <= self.backoff.maximum:
+            return retry_after
+        log.warning(
+            "retry_after_capped",
+            endpoint=endpoint,
+            retry_after=retry_after if retry_after < 1e12 else "huge",
+            capped_to=self.backoff.maximum,
+        )
+        return self.backoff.maximum
+
     async def request(self, endpoint: str, url: str, *, method: str = "GET") -> ApiResponse:
         """Send one logical request, retrying what is worth retrying; raise a typed AzureError."""
         subscription = subscription_of(url)
         attempt = 0
         refreshed = False
-        while True:
-            try:
-                return await self._attempt(endpoint, url, method, subscription)
-            except _Paused:
-                continue  # not an attempt: it was never sent; the limiter waits out the pause
-            except _Unauthorized as exc:
-                if refreshed:
-                    raise AuthError(
-                        f"ARM refused the token after a refresh (401 {exc.code or ''})".strip(),
-                        status=401,
-                        code=exc.code,
-                    ) from None
-                refreshed = True
-                await self.tokens.token(force_refresh=True, stale=exc.token)
-            except RetryableError as exc:
-                if isinstance(exc, ThrottledError):
-                    self.limiter.pause(
-                        subscription, exc.retry_after if exc.retry_after is not None else self.backoff.initial
+        self.busy += 1
+        self.idle.clear()
+        try:
+            while True:
+                try:
+                    return await self._attempt(endpoint, url, method, subscription)
+                except _Unauthorized as exc:
+                    if refreshed:
+                        raise AuthError(
+                            f"ARM refused the token after a refresh (401 {exc.code or ''})".strip(),
+                            status=401,
+                            code=exc.code,
+                        ) from None
+                    refreshed = True
+                    await self.tokens.token(force_refresh=True, stale=exc.token)
+                except RetryableError as exc:
+                    exc.retry_after = self._capped(endpoint, exc.retry_after)
+                    if isinstance(exc, ThrottledError):
+                        self.limiter.throttled(subscription)
+                    if attempt + 1 >= self.attempts or self.stopping.is_set():
+                        raise
+                    delay = self.backoff.delay(attempt, exc.retry_after)
+                    if delay > self.max_retry_wait:
+                        raise  # the caller's schedule waits, not this request
+                    log.debug(
+                        "request_retry",
+                        endpoint=endpoint,
+                        reason=exc.reason,
+                        status=exc.status,
+                        attempt=attempt + 1,
+                        delay=round(delay, 3),
                     )
-                if attempt + 1 >= self.attempts:
-                    raise
-                delay = self.backoff.delay(attempt, exc.retry_after)
-                log.debug(
-                    "request_retry",
-                    endpoint=endpoint,
-                    reason=exc.reason,
-                    status=exc.status,
-                    attempt=attempt + 1,
-                    delay=round(delay, 3),
-                )
-                attempt += 1
-                if self.stopping.is_set():
-                    raise  # shutting down: no more retries
-                await self._pause(delay)
+                    attempt += 1
+                    await self._pause(delay)
+                    if self.stopping.is_set():
+                        raise  # shut down or replaced while waiting: no more requests
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
 
     async def _attempt(self, endpoint: str, url: str, method: str, subscription: str) -> ApiResponse:
         # Checked on every attempt, before a token is fetched: no path leads a token elsewhere.
@@ -361,9 +412,9 @@ class ArmClient:
         started = time.perf_counter()
         code = "error"
         async with self._slots:
-            if self.limiter.paused_for(subscription) > 0:
-                # A 429 paused the subscription while this request waited for a slot.
-                raise _Paused()
+            if self.session.closed:
+                # A reload closed this client's session while the request waited: not Azure's fault.
+                raise ConnectionFailed("the request's HTTP session was closed (config reload or shutdown)")
             self.requests_sent += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -437,10 +488,6 @@ def _loopback(parts: SplitResult) -> bool:
     return is_loopback_host(parts.hostname)
 
 
-class _Paused(Exception):
-    """The subscription was paused between taking a token and getting a slot."""
-
-
 class _Unauthorized(Exception):
     def __init__(self, code: str | None, token: str) -> None:
         super().__init__(code)
@@ -477,7 +524,8 @@ def _decode(raw: bytes) -> Any:
         return None
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
+        # RecursionError: nesting deeper than the decoder's stack (hostile or broken upstream).
         return None
     return None if body in ("", {}) else body
 

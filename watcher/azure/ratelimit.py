@@ -2,14 +2,18 @@
 
 ARM throttles reads per subscription and principal with a bucket of 250 refilled at 25 a second,
 answering 429 with `Retry-After` once it is empty. Every request to a subscription first takes a token
-here. The bucket slows further when Azure's own remaining-budget header runs low, and a 429 pauses the
-whole subscription for its `Retry-After`, not only the request that got it.
+here. The bucket slows when Azure's own remaining-budget header runs low, and a 429 empties it and
+halves its refill rate, which then recovers over `RECOVERY_SECONDS`: every vault of the subscription
+slows down at once, but none stops. The request that got the 429 waits out its `Retry-After` (capped at
+`poll.backoff_max`) on its own: one vault answered by a misbehaving front end cannot stall the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,16 +43,21 @@ class MonotonicClock:
 class _Bucket:
     tokens: float
     updated: float
-    paused_until: float = 0.0
     remaining: int | None = None
+    # The refill rate's share after the last 429, and when it came.
+    throttled_factor: float = 1.0
+    throttled_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class SubscriptionLimiter:
-    """One token bucket per subscription; `acquire()` waits for a token and for any pause."""
+    """One token bucket per subscription; `acquire()` waits for a token."""
 
     # Below this remaining budget (Azure's header) the refill rate is scaled down proportionally.
     LOW_WATER = 0.2
+    # A 429 halves the refill rate, never below this share; it grows back linearly over RECOVERY_SECONDS.
+    MIN_FACTOR = 1 / 64
+    RECOVERY_SECONDS = 60.0
 
     def __init__(
         self,
@@ -71,15 +80,29 @@ class SubscriptionLimiter:
             bucket = self._buckets[key] = _Bucket(tokens=float(self.burst), updated=self.clock.now())
         return bucket
 
+    def reconfigure(self, burst: int, per_second: float) -> None:
+        """New budget figures (a reload); what each subscription has learnt about throttling is kept."""
+        self.burst = burst
+        self.per_second = per_second
+        for bucket in self._buckets.values():
+            bucket.tokens = min(bucket.tokens, float(burst))
+
     def rate(self, subscription_id: str) -> float:
-        """Tokens a second for this subscription now, slowed when Azure says the budget is low."""
+        """Tokens a second for this subscription: slowed after a 429 and when Azure reports a low budget."""
         bucket = self._bucket(subscription_id)
+        rate = self.per_second * self._throttled_factor(bucket)
         if bucket.remaining is None:
-            return self.per_second
+            return rate
         low = self.burst * self.LOW_WATER
         if bucket.remaining >= low:
-            return self.per_second
-        return max(self.per_second * max(bucket.remaining, 1) / low, self.per_second / 50)
+            return rate
+        return max(rate * max(bucket.remaining, 1) / low, self.per_second / 50)
+
+    def _throttled_factor(self, bucket: _Bucket) -> float:
+        if bucket.throttled_factor >= 1.0:
+            return 1.0
+        recovered = (self.clock.now() - bucket.throttled_at) / self.RECOVERY_SECONDS
+        return min(1.0, bucket.throttled_factor + recovered)
 
     async def acquire(self, subscription_id: str) -> None:
         """Wait until this subscription may send one more request."""
@@ -87,9 +110,6 @@ class SubscriptionLimiter:
         async with bucket.lock:
             while True:
                 now = self.clock.now()
-                if now < bucket.paused_until:
-                    await self.clock.sleep(bucket.paused_until - now)
-                    continue
                 rate = self.rate(subscription_id)
                 bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * rate)
                 bucket.updated = now
@@ -99,15 +119,16 @@ class SubscriptionLimiter:
                     return
                 await self.clock.sleep(max((1.0 - bucket.tokens) / rate, 1e-3))
 
-    def pause(self, subscription_id: str, seconds: float) -> None:
-        """Hold every request to this subscription for `seconds` (a 429's Retry-After)."""
+    def throttled(self, subscription_id: str) -> None:
+        """A 429: empty this subscription's bucket and halve its refill rate (it recovers over a minute)."""
         bucket = self._bucket(subscription_id)
-        bucket.paused_until = max(bucket.paused_until, self.clock.now() + seconds)
+        bucket.throttled_factor = max(self.MIN_FACTOR, self._throttled_factor(bucket) / 2)
+        bucket.throttled_at = self.clock.now()
         bucket.tokens = 0.0
 
-    def paused_for(self, subscription_id: str) -> float:
-        """Seconds this subscription is still paused."""
-        return max(0.0, self._bucket(subscription_id).paused_until - self.clock.now())
+    def throttled_factor(self, subscription_id: str) -> float:
+        """The share of the configured rate this subscription gets after its 429s (1.0: none recently)."""
+        return self._throttled_factor(self._bucket(subscription_id))
 
     def observe_remaining(self, subscription_id: str, remaining: int) -> None:
         """Record Azure's remaining-budget header; a falling budget slows the refill."""
@@ -145,9 +166,10 @@ def remaining_budget(headers: object) -> int | None:
 
 
 def retry_after_seconds(headers: object, *, now: float | None = None) -> float | None:
-    """Azure's wish for a delay, in seconds.
+    """Azure's wish for a delay, in seconds, as sent (callers cap it).
 
-    From `retry-after-ms`, `x-ms-retry-after-ms`, or `Retry-After` (seconds or an HTTP date).
+    From `retry-after-ms`, `x-ms-retry-after-ms`, or `Retry-After` (seconds or an HTTP date). A value
+    that is negative, not a number or not finite is no wish at all.
     """
     get = getattr(headers, "get", None)
     if get is None:
@@ -155,30 +177,45 @@ def retry_after_seconds(headers: object, *, now: float | None = None) -> float |
     for name in ("retry-after-ms", "x-ms-retry-after-ms"):
         raw = get(name)
         if raw is not None:
-            try:
-                return max(0.0, float(str(raw).strip()) / 1000.0)
-            except ValueError:
-                pass
+            value = _seconds(str(raw), 1000.0)
+            if value is not None:
+                return value
     raw = get("retry-after")
     if raw is None:
         return None
     text = str(raw).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
+    value = _seconds(text, 1.0)
+    if value is not None or _NUMBER.fullmatch(text):
+        return value
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    try:
+        return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    except (OverflowError, ValueError):
+        return None
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?")
+
+
+def _seconds(text: str, per_second: float) -> float | None:
+    """A non-negative finite number of seconds from `text` in units of 1/per_second, else None."""
+    text = text.strip()
+    if len(text) > 32 or not _NUMBER.fullmatch(text):
+        return None
+    value = float(text) / per_second
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter, floored at `initial`, capped at `maximum`.
 
-    A delay Azure asked for (Retry-After) is never undercut.
+    A delay Azure asked for (Retry-After) is never undercut; callers cap what they pass in at `maximum`.
     """
 
     initial: float = 2.0

@@ -2,8 +2,9 @@
 
 Nothing runs in the background. A job is a start time, a duration and an outcome; its status at any
 moment is derived from the estate's clock (`status_of`), so tests move time by replacing `clock` and
-the demo simply uses wall time. A job does not exist before it starts. Recurring jobs materialise
-lazily, instance by instance, when a vault is next looked at.
+the demo simply uses wall time. A job does not exist before it starts (with `appears_after`, until
+some time after: agent-reported jobs arrive late). Recurring jobs materialise lazily, instance by
+instance, when a vault is next looked at.
 
 Each vault keeps two indexes so a listing never scans the whole estate: its jobs sorted by start
 (for newest-first pages and time windows) and, per final outcome, sorted by end (a job is finished
@@ -61,11 +62,18 @@ class SimJob:
     container_name: str = ""
     # True for ad-hoc jobs (a triggered backup), False for scheduled ones.
     user_triggered: bool = False
+    # Seconds after its start before the service lists or returns the job at all: MABS/DPM agents and
+    # SQL/HANA workloads report their jobs late. Its startTime stays the real start.
+    appears_after: float = 0.0
 
     @property
     def end(self) -> float:
         """When the job reaches its outcome."""
         return self.start + self.duration
+
+    def visible(self, now: float) -> bool:
+        """Whether the service knows of the job at `now`."""
+        return self.start + self.appears_after <= now
 
 
 @dataclass(slots=True)
@@ -250,13 +258,13 @@ class Estate:
         now = self.clock()
         v = self._current(subscription_id, resource_group, vault, now)
         job = v.jobs.get(job_id.lower()) if v else None
-        return job if job is not None and job.start <= now else None
+        return job if job is not None and job.visible(now) else None
 
     def jobs_in(self, subscription_id: str, resource_group: str, vault: str) -> list[SimJob]:
         """The vault's started jobs, newest first."""
         now = self.clock()
         v = self._current(subscription_id, resource_group, vault, now)
-        return [j for j in self._started_newest_first(v, now, None) if j.start <= now] if v else []
+        return [j for j in self._started_newest_first(v, now, None) if j.visible(now)] if v else []
 
     def status_of(self, job: SimJob, now: float | None = None) -> str:
         """InProgress until the job's end, then its outcome; a Cancelled job is Cancelling first."""
@@ -298,7 +306,7 @@ class Estate:
             candidates = iter(sorted(self._with_status(v, query.status, now), key=sort_key, reverse=True))
         page: list[SimJob] = []
         for job in candidates:
-            if job.start > now or (before is not None and sort_key(job) >= before):
+            if not job.visible(now) or (before is not None and sort_key(job) >= before):
                 continue
             if not self._matches(job, query, now):
                 continue
@@ -440,7 +448,7 @@ class Estate:
         for outcome in outcomes:
             index = v.by_end[outcome]
             for job in index.jobs[bisect.bisect_left(index.keys, split) :]:
-                if job.start <= now and self.status_of(job, now) == status:
+                if job.visible(now) and self.status_of(job, now) == status:
                     yield job
 
     def _matches(self, job: SimJob, query: JobQuery, now: float) -> bool:

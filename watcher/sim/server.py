@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import json
 import math
@@ -214,6 +215,7 @@ class Simulator:
         self._calls: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._closing = asyncio.Event()
 
     # -- scripting --------------------------------------------------------------------------
 
@@ -256,7 +258,8 @@ class Simulator:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop serving and remove the TLS files."""
+        """Stop serving (answers held back by `delay` are let go first) and remove the TLS files."""
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -332,7 +335,9 @@ class Simulator:
         fault = self._take_fault(request)
         if fault is not None:
             if fault.delay > 0:
-                await asyncio.sleep(fault.delay)
+                # Held until the delay passes or the simulator closes, so no answer outlives it.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), fault.delay)
             headers[_REMAINING] = str(self._remaining(subscription))
             return self._fault_response(fault, request, headers)
         query = {k.lower(): v for k, v in request.query.items()}
