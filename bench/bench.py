@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -260,7 +261,8 @@ class Probe:
             started = time.monotonic()
             if not self.rounds:
                 while not scheduler.ready and not self.watcher.stop_event.is_set():
-                    await asyncio.sleep(0.05)
+                    with contextlib.suppress(TimeoutError):  # readiness is a flag: look every 50 ms
+                        await asyncio.wait_for(self.watcher.stop_event.wait(), 0.05)
             else:
                 await asyncio.sleep(interval)
             after = self.requests_by_endpoint()

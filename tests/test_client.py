@@ -204,10 +204,10 @@ async def test_listing_follows_next_link_verbatim_until_it_is_absent(
         start_time=datetime.fromtimestamp(clock() - 7200, UTC), end_time=datetime.fromtimestamp(clock(), UTC)
     )
     pages = [page async for page in arm.client.list_jobs(REF, flt)]
-    assert [len(p) for p in pages] == [200, 200, 50]
-    ids = [job.job_id for page in pages for job in page]
+    assert [len(p.jobs) for p in pages] == [200, 200, 50]
+    ids = [job.job_id for page in pages for job in page.jobs]
     assert len(set(ids)) == 450
-    assert all(job.vault == REF for page in pages for job in page)
+    assert all(job.vault == REF for page in pages for job in page.jobs)
     assert len(sim.requests) == 3
     first, *rest = sim.requests
     assert first.query["api-version"] == "2025-02-01"
@@ -233,7 +233,7 @@ async def test_status_filter_is_rendered_as_documented(
     assert rendered.startswith("startTime eq '2024-04-22 06:51:02 AM' and endTime eq '")
     assert rendered.endswith(" and status eq 'InProgress'")
     pages = [page async for page in arm.client.list_jobs(REF, flt)]
-    assert [job.job_id for page in pages for job in page] == [JOB]
+    assert [job.job_id for page in pages for job in page.jobs] == [JOB]
     assert sim.requests[0].status == 200
 
 
@@ -242,7 +242,7 @@ async def test_a_single_page_ends_the_listing(
 ) -> None:
     """A page without nextLink (key absent, or null as older versions send) is the last: one request each."""
     estate.add(sim_job(clock))
-    assert [len(p) async for p in arm.client.list_jobs(REF)] == [1]
+    assert [len(p.jobs) async for p in arm.client.list_jobs(REF)] == [1]
     body = corpus.get_body("recordings/ps-TestGetJobs-2016__01.json")
     body["nextLink"] = None
     sim.inject(200, path_contains="/backupjobs", body=body)
@@ -286,7 +286,7 @@ async def test_next_link_is_sent_byte_for_byte(connect: Connect) -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         side = await connect(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        assert [len(p) async for p in side.client.list_jobs(REF)] == [0, 0]
+        assert [len(p.jobs) async for p in side.client.list_jobs(REF)] == [0, 0]
     finally:
         await runner.cleanup()
     assert raw_seen[1] == vault_path() + link_tail

@@ -175,14 +175,14 @@ def test_validating_a_mapping_reports_locations_without_lines() -> None:
             "poll.interval",
             "expected a duration such as 30s, 5m, 1h, 1d, 1h30m or a number of seconds, got 'soon'",
         ),
-        ("vaults", "at least one vault is needed"),
+        ("vaults", "at least one of subscriptions and vaults is needed"),
     ]
 
 
 def test_vaults_may_be_absent_where_not_needed() -> None:
     """history and track load a config without vaults; the daemon does not."""
     assert validate_config({}, "x", require_vaults=False).vaults == []
-    with pytest.raises(ConfigError, match="at least one vault is needed"):
+    with pytest.raises(ConfigError, match="at least one of subscriptions and vaults is needed"):
         validate_config({}, "x")
 
 
@@ -312,6 +312,8 @@ def test_effective_config_spells_every_duration_with_a_unit() -> None:
         "poll.request_timeout": "30s",
         "poll.backoff_initial": "2s",
         "poll.backoff_max": "5m",
+        "poll.vault_discovery_interval": "30m",
+        "poll.inventory_interval": "15m",
         "discovery.lookback": "1d",
         "discovery.overlap": "1h",
         "store.retention": "30d",

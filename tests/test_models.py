@@ -5,6 +5,7 @@ Expectations marked "by hand" were read off the corpus files themselves, never f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -19,12 +20,20 @@ from tests import corpus
 from watcher.azure.models import (
     ACTIVE_STATUSES,
     KNOWN_STATUSES,
+    MAX_ITEMS,
+    MAX_LABEL_CHARS,
+    MAX_RECOMMENDATIONS,
+    MAX_TEXT_CHARS,
     Job,
+    JobPage,
+    RejectedItem,
     VaultRef,
+    bounded_label,
     normalise_operation,
+    normalise_status,
     parse_duration,
     parse_job,
-    parse_job_list,
+    parse_job_page,
     parse_operation,
     parse_size,
     parse_time,
@@ -154,9 +163,10 @@ def test_every_corpus_job_body_parses(ident: str, body: dict[str, Any]) -> None:
 @pytest.mark.parametrize(("ident", "body"), corpus.params(corpus.iter_list_bodies))
 def test_every_corpus_list_page_parses(ident: str, body: dict[str, Any]) -> None:
     """A real list page gives one Job per item and its nextLink verbatim (None when absent or null)."""
-    jobs, next_link = parse_job_list(body)
-    assert [j.job_id for j in jobs] == [item["name"] for item in body["value"]]
-    assert next_link == (body.get("nextLink") or None)
+    page = parse_job_page(body)
+    assert [j.job_id for j in page.jobs] == [item["name"] for item in body["value"]]
+    assert page.rejected == []
+    assert page.next_link == (body.get("nextLink") or None)
 
 
 @pytest.mark.parametrize(("ident", "body"), corpus.params(corpus.iter_operation_bodies))
@@ -429,8 +439,9 @@ def test_workload_failure_keeps_numeric_code_title_message_and_recommendation() 
 
 def test_2016_time_filter_list_has_ten_failed_jobs_with_empty_titles() -> None:
     """The 11-job 2015-03-15 list: 10 Failed with numeric codes and `errorTitle: ""`, 1 Completed."""
-    jobs, next_link = parse_job_list(corpus.get_body(TIMEFILTER))
-    assert next_link is None  # `"nextLink": null`
+    page = parse_job_page(corpus.get_body(TIMEFILTER))
+    assert (page.next_link, page.rejected) == (None, [])  # `"nextLink": null`
+    jobs = page.jobs
     codes = [tuple(e.code for e in j.errors) for j in jobs]
     assert codes == [
         ("400001",),
@@ -662,20 +673,14 @@ def test_body_that_is_not_a_job_is_a_bad_response(body: Any) -> None:
         parse_job(body)
 
 
-def test_list_page_that_is_not_a_list_or_holds_a_non_job_is_a_bad_response() -> None:
-    """A page without a `value` array, or with a non-job item, is refused with BadResponseError."""
-    for page in ([], {"value": "x"}, {"nextLink": "https://x"}, {"value": [hostile(), 5]}):
-        with pytest.raises(BadResponseError):
-            parse_job_list(page)
-    jobs, next_link = parse_job_list({"value": [], "nextLink": 7})
-    assert (jobs, next_link) == ([], None)
-
-
 def _bag(**extended: Any) -> dict[str, Any]:
     return hostile(extendedInfo=extended)
 
 
 HUGE = 1_000_000
+DEEP: Any = None
+for _ in range(5_000):  # str() or repr() of it raises RecursionError
+    DEEP = [DEEP]
 NO_NAME = {k: v for k, v in hostile().items() if k != "name"}
 MANY_KEYS = {f"k{i}": "v" * 100 for i in range(10_000)}
 
@@ -732,22 +737,59 @@ HOSTILE_CASES = [
     case("progress-bool", _bag(progressPercentage=True), lambda j: j.progress_percent is None),
     case("id-garbage", {**hostile(), "id": "not/an/arm/id"}, lambda j: j.vault is None and j.job_id == "j"),
     case("no-name", NO_NAME, lambda j: j.job_id == "j"),
-    case("huge-entity", hostile(entityFriendlyName="e" * HUGE), lambda j: len(j.entity) == HUGE),
-    case("huge-name", {**hostile(), "name": "n" * HUGE}, lambda j: len(j.job_id) == HUGE),
+    case(
+        "huge-entity", hostile(entityFriendlyName="e" * HUGE), lambda j: j.entity == bounded_label("e" * HUGE)
+    ),
+    case("huge-name", {**hostile(), "name": "n" * HUGE}, lambda j: j.job_id == bounded_label("n" * HUGE)),
     case(
         "huge-operation",
         hostile(operation="Backup" * (HUGE // 6)),
-        lambda j: len(j.operation) == HUGE // 6 * 6,
+        lambda j: j.operation == bounded_label("Backup" * (HUGE // 6)),
     ),
     case(
         "huge-operation-detail",
         hostile(operation="Backup (" + "F" * HUGE + ")"),
-        lambda j: len(j.operation_detail) == HUGE,
+        lambda j: (j.operation, j.operation_detail) == ("Backup", bounded_label("F" * HUGE)),
     ),
+    case("huge-status", hostile(status="S" * HUGE), lambda j: j.status == bounded_label("S" * HUGE)),
+    case("huge-jobType", hostile(jobType="T" * HUGE), lambda j: j.job_type == bounded_label("T" * HUGE)),
     case("huge-duration", hostile(duration="P" * HUGE), lambda j: j.duration_seconds is None),
     case("huge-endTime", hostile(endTime="2022" * HUGE), lambda j: j.end_time is None),
-    case("huge-bag", _bag(propertyBag=MANY_KEYS), lambda j: len(j.property_bag) == 10_000),
-    # known bugs
+    case(
+        "huge-bag",
+        _bag(propertyBag=MANY_KEYS),
+        lambda j: list(j.property_bag) == [f"k{i}" for i in range(MAX_ITEMS)],
+    ),
+    # found by the property tests (tests/test_properties.py)
+    case("jobType-object", hostile(jobType={"name": "AzureIaaSVMJob"}), lambda j: j.job_type == "Unknown"),
+    case("entity-list", hostile(entityFriendlyName=["vm1"]), lambda j: j.entity == ""),
+    case("entity-deep", hostile(entityFriendlyName=DEEP), lambda j: j.entity == ""),
+    case(
+        "lone-surrogate",
+        hostile(entityFriendlyName="vm\ud800", status="Odd\udfff"),
+        lambda j: (j.entity, j.status) == ("vm\ufffd", "Odd\ufffd"),
+    ),
+    case("duration-negative", hostile(duration=-5), lambda j: j.duration_seconds is None),
+    case("duration-nan", hostile(duration=math.nan), lambda j: j.duration_seconds is None),
+    case("duration-infinity", hostile(duration=math.inf), lambda j: j.duration_seconds is None),
+    case("duration-400-digit-int", hostile(duration=10**400), lambda j: j.duration_seconds is None),
+    case("duration-seconds-number", hostile(duration=90), lambda j: j.duration_seconds == 90.0),
+    case(
+        "endTime-past-9999-in-utc",
+        hostile(endTime="9999-12-31T23:59:59-01:00"),
+        lambda j: j.end_time is None,
+    ),
+    case("progress-nan", _bag(progressPercentage=math.nan), lambda j: j.progress_percent is None),
+    case("progress-negative", _bag(progressPercentage=-1), lambda j: j.progress_percent is None),
+    case("progress-over-100", _bag(progressPercentage=150), lambda j: j.progress_percent is None),
+    case("progress-400-digit-int", _bag(progressPercentage=10**400), lambda j: j.progress_percent is None),
+    case("progress-int", _bag(progressPercentage=40), lambda j: j.progress_percent == 40.0),
+    case(
+        "task-duration-nan",
+        _bag(tasksList=[{"taskId": "t", "duration": math.nan}]),
+        lambda j: j.tasks[0].duration_seconds is None,
+    ),
+    # once known bugs
     case(
         "errorDetails-number",
         hostile(errorDetails=5),
@@ -792,9 +834,208 @@ def test_hostile_job_body_parses_leniently(body: dict[str, Any], check: Any) -> 
 def test_long_whitespace_in_operation_parses_in_linear_time() -> None:
     """An operation text with a million blanks is normalised (quadratic backtracking would never finish; the test timeout ends it)."""
     text = "Backup" + " " * 1_000_000 + "x"
-    assert normalise_operation(text) == (text.strip(), "")
+    assert normalise_operation(text) == (bounded_label(text), "")
     text = "Backup (" + " " * 1_000_000 + "Full)"
     assert normalise_operation(text) == ("Backup", "Full")
+
+
+# ------------------------------------------------------------------------------------------
+# bounded labels and texts
+
+
+def test_label_of_at_most_max_chars_is_unchanged() -> None:
+    """Text of up to MAX_LABEL_CHARS (256) characters, "" included, is its own label."""
+    for text in ("", "vm1", "é" * MAX_LABEL_CHARS, "x" * MAX_LABEL_CHARS):
+        assert bounded_label(text) is text
+
+
+@pytest.mark.parametrize("length", [MAX_LABEL_CHARS + 1, 10_000_000])
+def test_longer_label_is_its_start_an_ellipsis_and_a_digest(length: int) -> None:
+    """Longer text gives its first 240 characters, "…" and the first 12 hex digits of its SHA-256: 253 in all."""
+    text = "".join(chr(0x61 + i % 26) for i in range(1000)) * (length // 1000) + "z" * (length % 1000)
+    label = bounded_label(text)
+    assert len(label) == 240 + 1 + 12 == 253
+    assert label[:240] == text[:240]
+    assert label[240] == "…"
+    assert label[241:] == hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def test_long_label_is_deterministic_and_long_names_stay_distinct() -> None:
+    """The same long text always gives the same label; two that differ only in their last character give two."""
+    one = "vm-" + "a" * 5_000 + "1"
+    two = "vm-" + "a" * 5_000 + "2"
+    assert bounded_label(one) == bounded_label("vm-" + "a" * 5_000 + "1")
+    assert bounded_label(one) != bounded_label(two)
+    assert bounded_label(one)[:241] == bounded_label(two)[:241]
+
+
+def test_long_label_with_a_lone_surrogate_does_not_raise() -> None:
+    """A lone surrogate (JSON may escape one) in a long text is hashed, not an encoding error."""
+    assert len(bounded_label("\ud800" * 1_000)) == 253
+
+
+def test_parse_job_bounds_every_label_field() -> None:
+    """A 10 MB entity, job type, operation, detail, unknown status and name each become a 253-character label."""
+    ten_mb = 10 * 1024 * 1024
+    body = hostile(
+        entityFriendlyName="e" * ten_mb,
+        jobType="t" * ten_mb,
+        operation="o" * ten_mb + " (" + "d" * ten_mb + ")",
+        status="s" * ten_mb,
+    )
+    body["name"] = "n" * ten_mb
+    job = parse_job(body)
+    fields = (job.entity, job.job_type, job.operation, job.operation_detail, job.status, job.job_id)
+    assert [len(f) for f in fields] == [253] * 6
+    assert fields == tuple(bounded_label(c * ten_mb) for c in "etodsn")
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("completed", "Completed"),
+        (" InProgress ", "InProgress"),
+        ("canceled", "Cancelled"),
+        ("Paused", "Paused"),
+        ("", "Unknown"),
+        (None, "Unknown"),
+        (7, "Unknown"),
+        (["Completed"], "Unknown"),
+        ("Paused" * 100, bounded_label("Paused" * 100)),
+    ],
+)
+def test_normalise_status(raw: Any, want: str) -> None:
+    """Known statuses get their canonical spelling, unknown ones are kept as sent but bounded, non-text is Unknown."""
+    assert normalise_status(raw) == want
+    assert len(normalise_status(raw)) <= MAX_LABEL_CHARS
+
+
+def test_free_texts_are_cut_to_max_text_chars() -> None:
+    """Error texts, recommendations, task ids and propertyBag keys and values keep at most 4096 characters, "…" last."""
+    long = "x" * 10_000
+    exact = "y" * MAX_TEXT_CHARS
+    body = hostile(
+        errorDetails=[
+            {"errorCode": long, "errorTitle": exact, "errorString": long, "recommendations": [long]}
+        ],
+        extendedInfo={"tasksList": [{"taskId": long, "status": long}], "propertyBag": {long: long}},
+    )
+    job = parse_job(body)
+    cut = "x" * (MAX_TEXT_CHARS - 1) + "…"
+    (error,) = job.errors
+    assert (error.code, error.title, error.message, error.recommendations) == (cut, exact, cut, (cut,))
+    assert (job.tasks[0].task_id, job.tasks[0].status) == (cut, cut)
+    assert dict(job.property_bag) == {cut: cut}
+
+
+def test_counts_of_tasks_errors_recommendations_and_bag_entries_are_bounded() -> None:
+    """Of 1,000 tasks, errors and propertyBag entries the first 100 are kept; of 1,000 recommendations the first 10."""
+    body = hostile(
+        errorDetails=[
+            {"errorCode": i, "recommendations": [f"r{j}" for j in range(1_000)]} for i in range(1_000)
+        ],
+        extendedInfo={
+            "tasksList": [{"taskId": f"t{i}", "status": "Completed"} for i in range(1_000)],
+            "propertyBag": {f"k{i}": "v" for i in range(1_000)},
+        },
+    )
+    job = parse_job(body)
+    assert [t.task_id for t in job.tasks] == [f"t{i}" for i in range(MAX_ITEMS)]
+    assert [e.code for e in job.errors] == [str(i) for i in range(MAX_ITEMS)]
+    assert job.errors[0].recommendations == tuple(f"r{j}" for j in range(MAX_RECOMMENDATIONS))
+    assert list(job.property_bag) == [f"k{i}" for i in range(MAX_ITEMS)]
+
+
+def test_items_that_are_not_objects_do_not_count_toward_the_bound() -> None:
+    """Non-object entries of tasksList and errorDetails are skipped before the first 100 objects are taken."""
+    tasks = [None] * 500 + [{"taskId": f"t{i}"} for i in range(200)]
+    job = parse_job(hostile(extendedInfo={"tasksList": tasks}, errorDetails=["x"] * 500 + [{"errorCode": 1}]))
+    assert [t.task_id for t in job.tasks] == [f"t{i}" for i in range(MAX_ITEMS)]
+    assert [e.code for e in job.errors] == ["1"]
+
+
+def test_operation_keeps_the_first_distinct_job_ids_up_to_the_bound() -> None:
+    """20,000 distinct job ids (one repeated) give the first 100 distinct ones, in the order sent."""
+    ids = [f"job-{i}" for i in range(20_000)]
+    op = parse_operation(
+        {"name": "op", "status": "Succeeded", "properties": {"jobId": "job-5", "jobIds": ids}}
+    )
+    assert op.job_ids == ("job-5", *(f"job-{i}" for i in range(MAX_ITEMS) if i != 5))[:MAX_ITEMS]
+
+
+def test_operation_texts_are_bounded() -> None:
+    """An operation's unknown status, id and job ids become labels and its error texts are cut to 4096."""
+    long = "z" * 10_000
+    op = parse_operation(
+        {
+            "name": long,
+            "status": long,
+            "properties": {"objectType": long, "jobId": long},
+            "error": {"code": long, "message": long},
+        }
+    )
+    label = bounded_label(long)
+    assert (op.operation_id, op.status, op.job_ids) == (label, label, (label,))
+    assert {len(t or "") for t in (op.object_type, op.error_code, op.error_message)} == {MAX_TEXT_CHARS}
+
+
+# ------------------------------------------------------------------------------------------
+# list pages with items that are not jobs
+
+
+GOOD_ITEM = hostile()
+
+
+def test_page_sets_aside_items_that_are_not_jobs() -> None:
+    """Malformed items are rejected with their index, name (or id's last segment) and reason; the rest are jobs."""
+    second = {**hostile(), "name": "j2"}
+    page = parse_job_page(
+        {
+            "value": [
+                GOOD_ITEM,
+                5,
+                {"name": "bad-1"},
+                {"id": "/subscriptions/s/backupJobs/bad-2", "properties": None},
+                {"name": 7, "id": ["x"], "properties": "x"},
+                {"properties": {}},
+                second,
+            ],
+            "nextLink": "https://management.azure.com/next",
+        }
+    )
+    assert [j.job_id for j in page.jobs] == ["j", "j2"]
+    assert page.rejected == [
+        RejectedItem(index=1, ident="", reason="job body is not an object but int"),
+        RejectedItem(index=2, ident="bad-1", reason="job body has no 'properties' object"),
+        RejectedItem(index=3, ident="bad-2", reason="job body has no 'properties' object"),
+        RejectedItem(index=4, ident="", reason="job body has no 'properties' object"),
+        RejectedItem(index=5, ident="", reason="job body has neither 'name' nor 'id'"),
+    ]
+    assert page.next_link == "https://management.azure.com/next"
+
+
+def test_rejected_item_ident_is_bounded() -> None:
+    """A refused item's 10 MB name is reported as a bounded label, not copied whole."""
+    name = "n" * 10_000_000
+    (rejected,) = parse_job_page({"value": [{"name": name}]}).rejected
+    assert rejected.ident == bounded_label(name)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, [], "page", {}, {"value": None}, {"value": "x"}, {"value": {"0": GOOD_ITEM}}, {"nextLink": "x"}],
+)
+def test_page_that_is_not_a_page_is_a_bad_response(body: Any) -> None:
+    """A body that is not an object with a `value` array is refused as a whole."""
+    with pytest.raises(BadResponseError, match="no 'value' array"):
+        parse_job_page(body)
+
+
+def test_page_next_link_must_be_non_empty_text() -> None:
+    """A missing, empty, null or non-string nextLink means there is no next page, even of an empty page."""
+    for link in ("", None, 7, ["https://x"]):
+        assert parse_job_page({"value": [GOOD_ITEM], "nextLink": link}).next_link is None
+    assert parse_job_page({"value": []}) == JobPage(jobs=[], rejected=[], next_link=None)
 
 
 # ------------------------------------------------------------------------------------------
@@ -828,7 +1069,12 @@ def test_parse_duration_reads_timespan_and_iso(text: str, seconds: float) -> Non
 
 
 @pytest.mark.parametrize(
-    "value", ["", "garbage", "P", "PT", "12 minutes", "00:00", "1.2.3", "PT-5S", "T5M", None, [], {}, True]
+    "value",
+    [
+        *("", "garbage", "P", "PT", "12 minutes", "00:00", "1.2.3", "PT-5S", "T5M", None, [], {}, True),
+        # found by the property tests: numbers that are no duration
+        *(-1, -0.5, math.nan, math.inf, -math.inf, 10**400, 2**1024, 101 * 365 * 86400),
+    ],
 )
 def test_parse_duration_garbage_is_none(value: Any) -> None:
     """Anything that is not a duration gives None."""
@@ -874,6 +1120,11 @@ def test_parse_duration_out_of_range_is_none_or_finite(text: str) -> None:
         ("2018-05-21T25:00:00Z", None),
         (None, None),
         (1526891740, None),
+        # found by the property tests: past year 9999 once converted to UTC
+        ("9999-12-31T23:59:59-01:00", None),
+        ("9999-12-31T23:00:00+01:00", at(9999, 12, 31, 22, 0, 0)),
+        ("0001-01-01T00:00:00+01:00", None),
+        ("2002-01-01T00:30:00+01:00", None),  # 2001-12-31 in UTC: before the first year that counts
     ],
 )
 def test_parse_time(text: Any, want: datetime | None) -> None:
@@ -916,10 +1167,17 @@ def test_parse_size(text: Any, want: int | None) -> None:
         ("DeleteBackupData", ("DeleteBackupData", "")),
         ("  Backup  (Differential) ", ("Backup", "Differential")),
         ("Cross Region Restore", ("Cross Region Restore", "")),
+        ("(Full)", ("(Full)", "")),
+        # found by the property tests: not text, or no text
+        ("", ("Unknown", "")),
+        ("   ", ("Unknown", "")),
+        (None, ("Unknown", "")),
+        (17, ("17", "")),
+        ({"name": "Backup"}, ("Unknown", "")),
     ],
 )
-def test_normalise_operation(raw: str, want: tuple[str, str]) -> None:
-    """Free-text operations split into the metric label and the detail in parentheses."""
+def test_normalise_operation(raw: Any, want: tuple[str, str]) -> None:
+    """Free-text operations split into the metric label and the detail in parentheses; no text is Unknown."""
     assert normalise_operation(raw) == want
 
 

@@ -592,8 +592,10 @@ async def test_healthz_names_a_vault_not_polled_for_three_intervals(
             assert watcher.scheduler is not None
             scheduler = watcher.scheduler
             await wait_for(
-                lambda: any(e["event"] == "vault_stale" and e["vault"] == "vault-a" for e in logs)
-                and "vault-a" in {s.ref.name for s in scheduler.stale_vaults()}
+                lambda: (
+                    any(e["event"] == "vault_stale" and e["vault"] == "vault-a" for e in logs)
+                    and "vault-a" in {s.ref.name for s in scheduler.stale_vaults()}
+                )
             )
             async with (
                 aiohttp.ClientSession() as http,

@@ -1,32 +1,42 @@
-"""The Azure Backup simulator answers like ARM and the Backup service do, over real HTTP on loopback.
+"""The Azure Backup simulator answers like ARM and the Backup services do, over real HTTP on loopback.
 
 Time is an injected clock, so job life cycles are walked through without sleeping.
 """
 
 from __future__ import annotations
 
+import base64
 import ssl
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 
 from watcher.sim import (
+    BACKUP_VAULT,
+    DATAPROTECTION_API_VERSIONS,
+    RECOVERY_SERVICES,
     SIM_TOKEN,
     Estate,
     RecurringJob,
+    SimItem,
     SimJob,
     Simulator,
     bench_estate,
     demo_estate,
+    demo_subscriptions,
     demo_vaults,
     start_simulator,
 )
 from watcher.sim.bodies import job_body, operation_body
 from watcher.sim.filters import FilterError, parse_filter, parse_time
 from watcher.sim.formats import format_bag_time, format_duration, format_time
+from watcher.sim.inventory import protected_item_body
+from watcher.sim.scenarios import DEMO_DR_SUBSCRIPTION, DEMO_SUBSCRIPTION
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -36,7 +46,10 @@ OTHER_SUB = "00000000-0000-0000-0000-000000000002"
 RG = "rg-backup"
 VAULT = "vault-a"
 API = "api-version=2025-02-01"
+DP_API = "api-version=2025-09-01"
+VAULTS_API = "api-version=2025-08-01"
 AUTH = {"Authorization": f"Bearer {SIM_TOKEN}"}
+DAY = 86400.0
 
 
 class Clock:
@@ -72,6 +85,28 @@ def vault_url(sim: Simulator, sub: str = SUB, rg: str = RG, vault: str = VAULT) 
     )
 
 
+def bv_url(sim: Simulator, sub: str = SUB, rg: str = RG, vault: str = VAULT) -> str:
+    """The Backup vault's ARM URL on the simulator."""
+    return f"{sim.url}/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.DataProtection/backupVaults/{vault}"
+
+
+def bv_job(job_id: str, start: float, duration: float, **kw: Any) -> SimJob:
+    """A disk backup in the test Backup vault unless `kw` says otherwise."""
+    fields: dict[str, Any] = {
+        "subscription_id": SUB,
+        "resource_group": RG,
+        "vault": VAULT,
+        "job_type": "Microsoft.Compute/disks",
+        "operation": "Backup",
+        "entity": "disk-1",
+        "backup_management_type": "",
+        "vault_kind": BACKUP_VAULT,
+        "policy_name": "disk-daily",
+    }
+    fields.update(kw)
+    return SimJob(job_id=job_id, start=start, duration=duration, **fields)
+
+
 Serve = Callable[..., Awaitable[Simulator]]
 
 
@@ -101,6 +136,18 @@ async def get_json(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[in
     """GET `url`: (status, headers, parsed JSON body)."""
     async with http.get(url, **kw) as resp:
         return resp.status, dict(resp.headers), await resp.json(content_type=None)
+
+
+async def all_pages(http: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    """Every item of a paged listing, following nextLink to its end."""
+    found: list[dict[str, Any]] = []
+    next_url: str | None = url
+    while next_url:
+        status, _, body = await get_json(http, next_url)
+        assert status == 200, body
+        found += body["value"]
+        next_url = body.get("nextLink")
+    return found
 
 
 # -- bodies and the clock ------------------------------------------------------------------
@@ -656,6 +703,729 @@ async def test_tls_with_the_ca_file(serve: Serve) -> None:
     assert body["name"] == "j1"
 
 
+# -- Backup vaults -------------------------------------------------------------------------
+
+BV_FIELDS = {
+    "activityID",
+    "backupInstanceId",
+    "backupInstanceFriendlyName",
+    "dataSourceId",
+    "dataSourceName",
+    "dataSourceType",
+    "dataSourceLocation",
+    "policyId",
+    "policyName",
+    "sourceResourceGroup",
+    "sourceSubscriptionID",
+    "vaultName",
+    "startTime",
+    "endTime",
+    "duration",
+    "status",
+    "operation",
+    "operationCategory",
+    "isUserTriggered",
+    "progressEnabled",
+    "supportedActions",
+    "errorDetails",
+    "extendedInfo",
+}
+
+
+async def test_backup_vault_job_get_follows_the_clock(serve: Serve, http: aiohttp.ClientSession) -> None:
+    """A Backup vault job GET is shaped like the recorded one: PT0S and a null endTime while running, then an ISO duration and a `0001-01-01` target point."""
+    clock = Clock()
+    estate = Estate(clock)
+    estate.add_vault(SUB, RG, VAULT, kind=BACKUP_VAULT, location="centraluseuap")
+    job_id = "2167a022-ba9c-4caf-9523-76e00a806349"
+    estate.add(bv_job(job_id, T0 - 10, 214.6372013, size_mb=65536, user_triggered=True))
+    sim = await serve(estate)
+    url = f"{bv_url(sim)}/backupJobs/{job_id.upper()}?api-version=2026-03-01"
+    vault_id = (
+        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DataProtection/backupVaults/{VAULT}"
+    )
+
+    status, headers, body = await get_json(http, url)
+    assert status == 200
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    assert (body["id"], body["name"]) == (f"{vault_id}/backupJobs/{job_id}", job_id)
+    assert body["type"] == "Microsoft.DataProtection/backupVaults/backupJobs"
+    props = body["properties"]
+    assert set(props) >= BV_FIELDS
+    assert props["backupInstanceId"].startswith(f"{vault_id}/backupInstances/disk-1-disk-1-")
+    assert (
+        props["dataSourceId"]
+        == f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/disks/disk-1"
+    )
+    assert props["policyId"] == f"{vault_id}/backupPolicies/disk-daily"
+    assert (props["status"], props["duration"], props["endTime"], props["errorDetails"]) == (
+        "InProgress",
+        "PT0S",
+        None,
+        None,
+    )
+    assert props["startTime"] == "2023-11-14T22:13:10Z"
+    assert props["operationCategory"] == props["operation"] == "Backup"
+    assert (props["isUserTriggered"], props["supportedActions"]) == (True, [""])
+    assert (props["dataSourceLocation"], props["vaultName"]) == ("centraluseuap", VAULT)
+    info = props["extendedInfo"]
+    assert info["targetRecoverPoint"] is None
+    assert info["subTasks"] == [
+        {
+            "taskId": 1,
+            "taskName": "Trigger Backup",
+            "taskStatus": "InProgress",
+            "taskProgress": None,
+            "additionalDetails": None,
+        }
+    ]
+
+    clock.now = T0 + 205
+    _, _, body = await get_json(http, url)
+    props = body["properties"]
+    assert (props["status"], props["duration"]) == ("Completed", "PT3M34.6372013S")
+    assert props["endTime"] == format_time(T0 - 10 + 214.6372013)
+    assert props["destinationDataStoreName"] == "OperationalTierStore"
+    info = props["extendedInfo"]
+    assert info["targetRecoverPoint"]["recoveryPointTime"] == "0001-01-01T00:00:00Z"
+    (task,) = info["subTasks"]
+    assert task["taskStatus"] == "Completed"
+    assert task["additionalDetails"]["OriginalDatasourceSizeInBytes"] == "68719476736"
+
+
+async def test_backup_vault_failures_carry_error_details(serve: Serve, http: aiohttp.ClientSession) -> None:
+    """Failed Backup vault jobs list errors as the service does: a disk permission error for disks, a nested InternalServerError otherwise, or the scripted one."""
+    estate = Estate(Clock())
+    estate.add(bv_job("disk-failed", T0 - 100, 50, outcome="Failed"))
+    pg = {
+        "job_type": "Microsoft.DBforPostgreSQL/servers/databases",
+        "entity": "pg-1\\orders",
+        "datasource_name": "orders",
+        "datasource_set": "pg-1",
+    }
+    estate.add(bv_job("pg-failed", T0 - 100, 50, outcome="Failed", **pg))
+    estate.add(
+        bv_job("scripted", T0 - 100, 50, outcome="Failed", error_code="UserErrorX", error_message="It broke.")
+    )
+    sim = await serve(estate)
+
+    _, _, disk = await get_json(http, f"{bv_url(sim)}/backupJobs/disk-failed?{DP_API}")
+    (detail,) = disk["properties"]["errorDetails"]
+    assert detail["code"] == "UserErrorDiskBackupDiskOrMSIPermissionsNotPresent"
+    assert detail["message"]
+    assert detail["recommendedAction"]
+    assert (detail["isRetryable"], detail["isUserError"]) == (False, True)
+    assert disk["properties"]["extendedInfo"]["subTasks"][0]["taskStatus"] == "Failed"
+    assert disk["properties"]["extendedInfo"]["targetRecoverPoint"] is None
+
+    _, _, postgres = await get_json(http, f"{bv_url(sim)}/backupJobs/pg-failed?{DP_API}")
+    props = postgres["properties"]
+    (detail,) = props["errorDetails"]
+    assert (detail["code"], detail["message"], detail["isRetryable"]) == (
+        "InternalServerError",
+        "Internal Server Error",
+        True,
+    )
+    assert detail["details"][0]["code"] == "InternalServerError"
+    assert props["dataSourceId"].endswith(
+        "/providers/Microsoft.DBforPostgreSQL/servers/pg-1/databases/orders"
+    )
+    assert (props["dataSourceSetName"], props["dataSourceName"]) == ("pg-1", "orders")
+    assert props["backupInstanceFriendlyName"] == "pg-1\\orders"
+
+    _, _, scripted = await get_json(http, f"{bv_url(sim)}/backupJobs/scripted?{DP_API}")
+    (detail,) = scripted["properties"]["errorDetails"]
+    assert (detail["code"], detail["message"]) == ("UserErrorX", "It broke.")
+
+
+async def test_backup_vault_listing_pages_oldest_first(serve: Serve, http: aiohttp.ClientSession) -> None:
+    """The Backup vault job list runs oldest first over the last 14 days, in pages ending with `"nextLink": null`, with TimeSpan durations and null extendedInfo; older jobs still GET."""
+    clock = Clock()
+    estate = Estate(clock)
+    estate.add(bv_job("ancient", T0 - 15 * DAY, 60))
+    for i in range(6):
+        estate.add(bv_job(f"job-{i}", T0 - 600 + 60 * i, 219.7214322))
+    estate.add(bv_job("running", T0 - 5, 100))
+    sim = await serve(estate, page_size=3)
+
+    url: str | None = f"{bv_url(sim)}/backupJobs?api-version=2024-04-01"
+    pages: list[dict[str, Any]] = []
+    while url:
+        status, _, body = await get_json(http, url)
+        assert status == 200
+        pages.append(body)
+        url = body["nextLink"]
+        if url:
+            assert url.startswith(f"{bv_url(sim)}/backupJobs?api-version=2024-04-01&%24skipToken=")
+        if len(pages) == 1:
+            # A job that starts between two pages comes at the end, nothing repeats.
+            estate.add(bv_job("new", T0 + 1, 5))
+            clock.now = T0 + 2
+    assert [len(p["value"]) for p in pages] == [3, 3, 2]
+    items = [item for p in pages for item in p["value"]]
+    assert [item["name"] for item in items] == [*(f"job-{i}" for i in range(6)), "running", "new"]
+    assert all(item["properties"]["extendedInfo"] is None for item in items)
+    assert items[0]["properties"]["duration"] == "00:03:39.7214322"
+    assert (items[6]["properties"]["duration"], items[6]["properties"]["endTime"]) == ("00:00:00", None)
+
+    status, _, old = await get_json(http, f"{bv_url(sim)}/backupJobs/ancient?{DP_API}")
+    assert status == 200
+    assert old["properties"]["duration"] == "PT1M"
+
+
+@pytest.mark.parametrize("filter_text", ["status eq 'Failed'", "startTime eq '2023-11-14T00:00:00Z'", ""])
+async def test_backup_vault_listing_refuses_filter(
+    serve: Serve, http: aiohttp.ClientSession, filter_text: str
+) -> None:
+    """A Backup vault job list with any `$filter` is a 400 in ARM's envelope: the product must filter itself."""
+    estate = Estate(Clock())
+    estate.add(bv_job("j1", T0 - 5, 60))
+    sim = await serve(estate)
+    status, _, body = await get_json(
+        http, f"{bv_url(sim)}/backupJobs?{DP_API}", params={"$filter": filter_text}
+    )
+    assert status == 400
+    assert body["error"]["code"] == "BadRequest"
+    assert "$filter" in body["error"]["message"]
+
+
+async def test_backup_vault_status_spellings(serve: Serve, http: aiohttp.ClientSession) -> None:
+    """A vault declared with the spec's spelling says Started and Succeeded where a live one says InProgress and Completed."""
+    estate = Estate(Clock())
+    estate.add_vault(SUB, RG, "live-vault", kind=BACKUP_VAULT)
+    estate.add_vault(SUB, RG, "spec-vault", kind=BACKUP_VAULT, status_spelling="spec")
+    for vault in ("live-vault", "spec-vault"):
+        estate.add(bv_job(f"{vault}-failed", T0 - 300, 60, vault=vault, outcome="Failed"))
+        estate.add(bv_job(f"{vault}-done", T0 - 200, 60, vault=vault))
+        estate.add(bv_job(f"{vault}-running", T0 - 10, 60, vault=vault))
+    sim = await serve(estate)
+
+    seen: dict[str, list[str]] = {}
+    for vault in ("live-vault", "spec-vault"):
+        _, _, listing = await get_json(http, f"{bv_url(sim, vault=vault)}/backupJobs?{DP_API}")
+        seen[vault] = [item["properties"]["status"] for item in listing["value"]]
+        _, _, running = await get_json(
+            http, f"{bv_url(sim, vault=vault)}/backupJobs/{vault}-running?{DP_API}"
+        )
+        (task,) = running["properties"]["extendedInfo"]["subTasks"]
+        seen[vault].append(task["taskStatus"])
+    assert seen == {
+        "live-vault": ["Failed", "Completed", "InProgress", "InProgress"],
+        "spec-vault": ["Failed", "Succeeded", "Started", "Started"],
+    }
+
+
+async def test_each_resource_type_takes_its_own_api_versions(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """Backup vaults take the Data Protection api-versions and vault listings the Recovery Services ones; any other answers InvalidApiVersionParameter naming the supported ones."""
+    estate = Estate(Clock())
+    estate.add_vault(SUB, RG, VAULT, kind=BACKUP_VAULT)
+    sim = await serve(estate)
+    stable = (
+        "2021-01-01",
+        "2021-07-01",
+        "2022-04-01",
+        "2022-12-01",
+        "2023-01-01",
+        "2023-05-01",
+        "2023-11-01",
+        "2024-03-01",
+        "2024-04-01",
+        "2025-01-01",
+        "2025-07-01",
+        "2025-09-01",
+        "2026-03-01",
+    )
+    for version in stable:
+        status, _, _ = await get_json(http, f"{bv_url(sim)}/backupJobs?api-version={version}")
+        assert status == 200, version
+    for version in ("2099-01-01", "2019-05-13"):  # the latter is a Recovery Services Backup version
+        status, _, body = await get_json(http, f"{bv_url(sim)}/backupJobs?api-version={version}")
+        assert status == 400
+        assert body["error"]["code"] == "InvalidApiVersionParameter"
+        assert body["error"]["message"].split("'")[3].split(",") == list(DATAPROTECTION_API_VERSIONS)
+
+    listing = f"{sim.url}/subscriptions/{SUB}/providers/Microsoft.RecoveryServices/vaults"
+    status, _, _ = await get_json(http, f"{listing}?{VAULTS_API}")
+    assert status == 200
+    status, _, body = await get_json(http, f"{listing}?api-version=2019-05-13")
+    assert status == 400
+    assert "2025-08-01" in body["error"]["message"]
+
+
+async def test_backup_vault_triggered_backup_leads_to_a_job(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """POST backup answers 202 with the recorded headers; the operation ends Succeeded with the job's full ARM id, which GETs, and operationResults answers 202 then 200."""
+    clock = Clock()
+    estate = Estate(clock)
+    estate.add_vault(SUB, RG, VAULT, kind=BACKUP_VAULT, location="westeurope")
+    item = estate.add_item(SimItem(SUB, RG, VAULT, kind="disk", name="disk-7", policy="disk-daily"))
+    failing = estate.add_item(SimItem(SUB, RG, VAULT, kind="disk", name="disk-fail"))
+    sim = await serve(estate, operation_seconds=2.0, retry_after=30)
+    vault_id = (
+        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DataProtection/backupVaults/{VAULT}"
+    )
+    region_id = f"/subscriptions/{SUB}/providers/Microsoft.DataProtection/locations/westeurope"
+    region = f"{sim.url}{region_id}"
+    rule = {
+        "backupRuleOptions": {
+            "ruleName": "BackupHourly",
+            "triggerOption": {"retentionTagOverride": "Default"},
+        }
+    }
+
+    async with http.post(
+        f"{bv_url(sim)}/backupInstances/{item.arm_name}/backup?api-version=2026-03-01", json=rule
+    ) as resp:
+        assert resp.status == 202
+        assert await resp.read() == b""
+        status_url = resp.headers["Azure-AsyncOperation"]
+        result_url = resp.headers["Location"]
+        assert resp.headers["Retry-After"] == "30"
+    op_id = status_url.split("/operationStatus/")[1].split("?")[0]
+    assert status_url == f"{bv_url(sim)}/operationStatus/{op_id}?api-version=2026-03-01"
+    assert result_url == f"{region}/operationResults/{op_id}?api-version=2026-03-01"
+    first, _, second = base64.b64decode(op_id).decode().partition(";")
+    assert [uuid.UUID(first).version, uuid.UUID(second).version] == [4, 4]
+
+    _, _, running = await get_json(http, status_url)
+    assert (running["status"], running["startTime"]) == ("InProgress", format_time(T0))
+    assert "properties" not in running
+    async with http.get(result_url) as resp:
+        assert resp.status == 202
+        assert resp.headers["Location"] == result_url
+        assert resp.headers["Retry-After"] == "30"
+
+    clock.now = T0 + 2
+    _, _, done = await get_json(http, status_url)
+    job_id = done["properties"]["jobId"]
+    assert done == {
+        "id": f"{vault_id}/operationStatus/{op_id}",
+        "name": op_id,
+        "status": "Succeeded",
+        "startTime": format_time(T0),
+        "endTime": format_time(T0 + 2),
+        "properties": {"jobId": job_id, "objectType": "OperationJobExtendedInfo"},
+    }
+    assert job_id.startswith(f"{vault_id}/backupJobs/")
+    _, _, regional = await get_json(http, f"{region}/operationStatus/{op_id}?api-version=2026-03-01")
+    assert regional == {**done, "id": f"{region_id}/operationStatus/{op_id}"}
+    status, headers, result = await get_json(http, result_url)
+    assert status == 200
+    assert result == {"jobId": job_id, "objectType": "OperationJobExtendedInfo"}
+    assert headers["Azure-AsyncOperation"] == f"{region}/operationStatus/{op_id}?api-version=2026-03-01"
+
+    status, _, body = await get_json(http, f"{sim.url}{job_id}?api-version=2026-03-01")
+    assert status == 200
+    props = body["properties"]
+    assert (props["status"], props["isUserTriggered"], props["backupInstanceFriendlyName"]) == (
+        "InProgress",
+        True,
+        "disk-7",
+    )
+    assert props["backupInstanceId"] == f"{vault_id}/backupInstances/{item.arm_name}"
+
+    async with http.post(f"{bv_url(sim)}/backupInstances/{failing.arm_name}/backup?{DP_API}") as resp:
+        failed_status, failed_result = resp.headers["Azure-AsyncOperation"], resp.headers["Location"]
+    clock.now = T0 + 4
+    _, _, failed = await get_json(http, failed_status)
+    assert (failed["status"], failed["error"]["code"]) == ("Failed", "BMSUserErrorObjectLocked")
+    status, _, _ = await get_json(http, failed_result)
+    assert status == 400
+
+    for url in (
+        f"{region}/operationStatus/{op_id.lower()}x?{DP_API}",
+        f"{sim.url}/subscriptions/{SUB}/providers/Microsoft.DataProtection/locations/northeurope/operationStatus/{op_id}?{DP_API}",
+    ):
+        status, _, _ = await get_json(http, url)
+        assert status == 404
+    async with http.post(f"{bv_url(sim)}/backupInstances/nope/backup?{DP_API}") as resp:
+        assert resp.status == 404
+
+
+# -- vault listings ------------------------------------------------------------------------
+
+EMPTY_SUB = "00000000-0000-0000-0000-000000000003"
+
+
+async def test_vault_listings_by_subscription_and_resource_group(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """Both vault kinds list per subscription and per resource group, paged and shaped like the spec examples; an empty subscription lists nothing, an unknown one is SubscriptionNotFound."""
+    estate = Estate(Clock())
+    estate.add_vault(SUB, "rg-a", "rsv-1", tags={"env": "prod"})
+    estate.add_vault(SUB, "rg-b", "rsv-2", location="northeurope")
+    estate.add_vault(SUB, "rg-a", "bv-1", kind=BACKUP_VAULT, tags={"env": "prod"})
+    estate.add_vault(OTHER_SUB, "rg-a", "rsv-3")
+    estate.add_subscription(EMPTY_SUB)
+    sim = await serve(estate, page_size=1)
+    rs = await all_pages(
+        http, f"{sim.url}/subscriptions/{SUB}/providers/Microsoft.RecoveryServices/vaults?{VAULTS_API}"
+    )
+    assert [v["name"] for v in rs] == ["rsv-1", "rsv-2"]
+    assert (
+        rs[0]["id"]
+        == f"/subscriptions/{SUB}/resourceGroups/rg-a/providers/Microsoft.RecoveryServices/vaults/rsv-1"
+    )
+    assert (rs[0]["type"], rs[0]["location"], rs[0]["sku"]) == (
+        "Microsoft.RecoveryServices/vaults",
+        "westeurope",
+        {"name": "Standard"},
+    )
+    assert rs[0]["tags"] == {"env": "prod"}
+    assert rs[0]["properties"]["provisioningState"] == "Succeeded"
+    assert (
+        rs[0]["properties"]["monitoringSettings"]["azureMonitorAlertSettings"]["alertsForAllJobFailures"]
+        == "Enabled"
+    )
+    assert rs[1]["location"] == "northeurope"
+    assert "tags" not in rs[1]
+
+    bvs = await all_pages(
+        http, f"{sim.url}/subscriptions/{SUB}/providers/Microsoft.DataProtection/backupVaults?{DP_API}"
+    )
+    assert [v["name"] for v in bvs] == ["bv-1"]
+    # Listings spell the type BackupVaults, in the id too.
+    assert bvs[0]["type"] == "Microsoft.DataProtection/BackupVaults"
+    assert (
+        bvs[0]["id"]
+        == f"/subscriptions/{SUB}/resourceGroups/rg-a/providers/Microsoft.DataProtection/BackupVaults/bv-1"
+    )
+    assert bvs[0]["properties"]["monitoringSettings"] == {
+        "azureMonitorAlertSettings": {"alertsForAllJobFailures": "Enabled"}
+    }
+    assert "sku" not in bvs[0]
+
+    scoped = f"{sim.url}/subscriptions/{SUB}/resourceGroups/RG-B/providers"
+    in_group = await all_pages(http, f"{scoped}/Microsoft.RecoveryServices/vaults?{VAULTS_API}")
+    assert [v["name"] for v in in_group] == ["rsv-2"]
+    assert await all_pages(http, f"{scoped}/Microsoft.DataProtection/backupVaults?{DP_API}") == []
+    _, _, one = await get_json(http, f"{bv_url(sim, rg='rg-a', vault='bv-1')}?{DP_API}")
+    assert (one["name"], one["type"]) == ("bv-1", "Microsoft.DataProtection/backupVaults")
+
+    status, _, body = await get_json(
+        http, f"{sim.url}/subscriptions/{EMPTY_SUB}/providers/Microsoft.RecoveryServices/vaults?{VAULTS_API}"
+    )
+    assert (status, body) == (200, {"value": []})
+    unknown = "00000000-0000-0000-0000-0000000000ff"
+    status, _, body = await get_json(
+        http, f"{sim.url}/subscriptions/{unknown}/providers/Microsoft.DataProtection/backupVaults?{DP_API}"
+    )
+    assert (status, body["error"]["code"]) == (404, "SubscriptionNotFound")
+    assert unknown in body["error"]["message"]
+    status, _, body = await get_json(
+        http,
+        f"{sim.url}/subscriptions/{SUB}/resourceGroups/rg-z/providers/Microsoft.RecoveryServices/vaults?{VAULTS_API}",
+    )
+    assert (status, body["error"]["code"]) == (404, "ResourceGroupNotFound")
+
+
+async def test_removed_vaults_answer_404_and_added_ones_appear(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """A vault removed while the simulator runs answers 404 ResourceNotFound everywhere and leaves the listing; a vault added appears in the next listing."""
+    estate = Estate(Clock())
+    estate.add(job("rs-job", T0 - 10, 60))
+    estate.add(bv_job("bv-job", T0 - 10, 60))
+    item = estate.add_item(SimItem(SUB, RG, VAULT, kind="disk", name="disk-1"))
+    sim = await serve(estate, operation_seconds=5)
+    async with http.post(f"{bv_url(sim)}/backupInstances/{item.arm_name}/backup?{DP_API}") as resp:
+        result_url = resp.headers["Location"]
+    listing_url = f"{sim.url}/subscriptions/{SUB}/providers/Microsoft.DataProtection/backupVaults?{DP_API}"
+    _, _, before = await get_json(http, listing_url)
+    assert [v["name"] for v in before["value"]] == [VAULT]
+
+    estate.remove_vault(SUB, RG, VAULT, kind=BACKUP_VAULT)
+    for url in (
+        f"{bv_url(sim)}?{DP_API}",
+        f"{bv_url(sim)}/backupJobs?{DP_API}",
+        f"{bv_url(sim)}/backupJobs/bv-job?{DP_API}",
+        f"{bv_url(sim)}/backupInstances?{DP_API}",
+    ):
+        status, _, body = await get_json(http, url)
+        assert (status, body["error"]["code"]) == (404, "ResourceNotFound")
+        assert f"Microsoft.DataProtection/backupVaults/{VAULT}" in body["error"]["message"]
+    status, _, _ = await get_json(http, result_url)
+    assert status == 404
+    _, _, after = await get_json(http, listing_url)
+    assert after == {"value": []}
+    status, _, _ = await get_json(http, f"{vault_url(sim)}/backupJobs/rs-job?{API}")
+    assert status == 200  # the Recovery Services vault of the same name is another vault
+
+    estate.add_vault(SUB, RG, "vault-new", kind=BACKUP_VAULT)
+    _, _, added = await get_json(http, listing_url)
+    assert [v["name"] for v in added["value"]] == ["vault-new"]
+
+    estate.remove_vault(SUB, RG, VAULT)
+    status, _, body = await get_json(http, f"{vault_url(sim)}/backupJobs?{API}")
+    assert (status, body["error"]["code"]) == (404, "ResourceNotFound")
+    with pytest.raises(KeyError):
+        estate.remove_vault(SUB, RG, VAULT)
+
+
+def test_a_vaults_kind_is_part_of_its_identity() -> None:
+    """A Recovery Services vault and a Backup vault of one name in one resource group are two vaults, each with its own jobs."""
+    estate = Estate(Clock())
+    estate.add(job("rs", T0 - 10, 5))
+    estate.add(bv_job("bv", T0 - 10, 5))
+    estate.add_recurring(RecurringJob(bv_job("nightly", T0 - 250, 30), 100, ("Completed", "Failed")))
+    assert estate.vaults() == [(SUB, RG, VAULT)]
+    assert estate.vaults(BACKUP_VAULT) == [(SUB, RG, VAULT)]
+    assert [v.kind for v in estate.all_vaults()] == [RECOVERY_SERVICES, BACKUP_VAULT]
+    assert [j.job_id for j in estate.jobs_in(SUB, RG, VAULT)] == ["rs"]
+    backup_vault_jobs = estate.jobs_in(SUB, RG.upper(), VAULT.upper(), kind=BACKUP_VAULT)
+    assert [j.outcome for j in backup_vault_jobs] == ["Completed", "Completed", "Failed", "Completed"]
+    assert estate.get(SUB, RG, VAULT, "bv") is None
+    assert estate.get(SUB, RG, VAULT, "BV", kind=BACKUP_VAULT) is not None
+    with pytest.raises(ValueError, match="vault kind"):
+        estate.add_vault(SUB, RG, "x", kind="classic")
+    with pytest.raises(ValueError, match="status_spelling"):
+        estate.add_vault(SUB, RG, "x", kind=BACKUP_VAULT, status_spelling="shouting")
+
+
+# -- protected items -----------------------------------------------------------------------
+
+
+async def test_protected_items_carry_the_services_quirks(serve: Serve, http: aiohttp.ClientSession) -> None:
+    """backupProtectedItems lists every item type with the recorded name shapes and the never-backed-up, stale, stopped and unhealthy forms; `$filter` narrows by type."""
+    clock = Clock()
+    estate = Estate(clock)
+    three_days_ago = T0 - 3 * DAY + 0.6678121
+    app = {"source_resource_group": "rg-app"}
+
+    def add(kind: str, name: str, **kw: Any) -> None:
+        estate.add_item(SimItem(SUB, RG, VAULT, kind=kind, name=name, **kw))
+
+    add("vm", "vm-new", **app)
+    add("vm", "vm-stale", recovery_points=(three_days_ago - DAY, three_days_ago), **app)
+    add("vm", "vm-stopped", protection_state="ProtectionStopped", **app)
+    add(
+        "vm",
+        "vm-sick",
+        health="ActionRequired",
+        recovery_points=(T0 - 3600,),
+        last_backup=T0 - 600,
+        last_backup_status="Failed",
+        **app,
+    )
+    add("vm", "vm-later", first_protected=T0 + 60, **app)
+    add("sql", "SalesDb", parent="sql-vm-01", recovery_points=(T0 - 1800,))
+    add("sql", "NewDb", parent="sql-vm-01")
+    add("sql", "BrokenDb", parent="sql-vm-01", last_backup=T0 - 900, last_backup_status="Failed")
+    add("fileshare", "finance", parent="stfinance01", recovery_points=(T0 - 7200,))
+    add("fileshare", "empty", parent="stfinance01")
+    sim = await serve(estate, page_size=4)
+
+    async def items(filter_text: str | None = None) -> dict[str, dict[str, Any]]:
+        query = f"&{urlencode({'$filter': filter_text})}" if filter_text else ""
+        listed = await all_pages(http, f"{vault_url(sim)}/backupProtectedItems?{API}{query}")
+        return {item["properties"]["friendlyName"]: item for item in listed}
+
+    found = await items()
+    assert sorted(found) == sorted(
+        ["vm-new", "vm-stale", "vm-stopped", "vm-sick", "SalesDb", "NewDb", "BrokenDb", "finance", "empty"]
+    )
+    new = found["vm-new"]
+    assert new["name"] == "VM;iaasvmcontainerv2;rg-app;vm-new"
+    assert new["id"] == (
+        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.RecoveryServices/vaults/{VAULT}"
+        "/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;rg-app;vm-new"
+        "/protectedItems/VM;iaasvmcontainerv2;rg-app;vm-new"
+    )
+    assert (
+        new["type"] == "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems"
+    )
+    props = new["properties"]
+    assert (props["protectionState"], props["lastBackupStatus"], props["lastBackupTime"]) == (
+        "IRPending",
+        "",
+        "2001-01-01T00:00:00Z",
+    )
+    assert "lastRecoveryPoint" not in props
+    assert props["containerName"] == "iaasvmcontainerv2;rg-app;vm-new"
+    assert (props["protectedItemType"], props["workloadType"], props["backupManagementType"]) == (
+        "Microsoft.Compute/virtualMachines",
+        "VM",
+        "AzureIaasVM",
+    )
+    assert (
+        props["sourceResourceId"]
+        == f"/subscriptions/{SUB}/resourceGroups/rg-app/providers/Microsoft.Compute/virtualMachines/vm-new"
+    )
+    assert (props["healthStatus"], props["policyName"]) == ("Passed", "DefaultPolicy")
+    assert props["vaultId"].startswith(f"https://management.azure.com/subscriptions/{SUB}/")
+
+    stale = found["vm-stale"]["properties"]
+    assert (stale["protectionState"], stale["lastBackupStatus"]) == ("Protected", "Completed")
+    assert stale["lastRecoveryPoint"] == format_time(three_days_ago)
+    assert stale["lastBackupTime"] == format_time(three_days_ago - 1207.0952653)
+    assert stale["healthDetails"][0]["title"] == "IaasVmHealthGreenDefault"
+
+    stopped = found["vm-stopped"]["properties"]
+    assert (stopped["protectionState"], stopped["policyId"], stopped["lastRecoveryPoint"]) == (
+        "ProtectionStopped",
+        "",
+        None,
+    )
+    assert "policyName" not in stopped
+
+    sick = found["vm-sick"]["properties"]
+    assert (sick["healthStatus"], sick["protectionStatus"], sick["lastBackupStatus"]) == (
+        "ActionRequired",
+        "Unhealthy",
+        "Failed",
+    )
+    assert sick["lastBackupTime"] == format_time(T0 - 600)
+    assert sick["healthDetails"][0]["title"] == "IaasVmHealthRedDefault"
+
+    sales = found["SalesDb"]
+    assert sales["name"] == "SQLDataBase;mssqlserver;salesdb"
+    assert sales["properties"]["containerName"] == f"VMAppContainer;Compute;{RG};sql-vm-01"
+    assert (sales["properties"]["protectedItemHealthStatus"], sales["properties"]["lastBackupStatus"]) == (
+        "Healthy",
+        "Healthy",
+    )
+    new_db = found["NewDb"]["properties"]
+    assert "lastBackupTime" not in new_db
+    assert (new_db["protectionState"], new_db["protectedItemHealthStatus"], new_db["lastBackupStatus"]) == (
+        "IRPending",
+        "IRPending",
+        "IRPending",
+    )
+    broken = found["BrokenDb"]["properties"]
+    assert (broken["protectionState"], broken["lastBackupTime"]) == ("IRPending", format_time(T0 - 900))
+    assert broken["lastBackupErrorDetail"]["code"] == "CloudInternalError"
+    assert "policyName" not in broken
+
+    finance = found["finance"]
+    assert finance["name"].startswith("AzureFileShare;")
+    assert "finance" not in finance["name"]
+    assert finance["properties"]["containerName"] == f"StorageContainer;Storage;{RG};stfinance01"
+    assert finance["properties"]["sourceResourceId"].endswith(
+        "/providers/Microsoft.Storage/storageAccounts/stfinance01"
+    )
+    assert "lastBackupTime" in finance["properties"]
+    assert "lastBackupTime" not in found["empty"]["properties"]
+
+    vms = await items("backupManagementType eq 'AzureIaasVM' and itemType eq 'VM'")
+    assert sorted(vms) == ["vm-new", "vm-sick", "vm-stale", "vm-stopped"]
+    assert sorted(await items("backupManagementType eq 'AzureStorage'")) == ["empty", "finance"]
+    status, _, body = await get_json(
+        http, f"{vault_url(sim)}/backupProtectedItems?{API}", params={"$filter": "policyName eq 'x'"}
+    )
+    assert (status, body["error"]["code"]) == (400, "BMSUserErrorInvalidFilter")
+    clock.now = T0 + 61
+    assert "vm-later" in await items()
+
+
+def test_protected_items_read_with_the_official_sdk() -> None:
+    """Microsoft's SDK reads the demo's protected items into the models their protectedItemType names."""
+    models = pytest.importorskip("azure.mgmt.recoveryservicesbackup.models")
+    # What the SDK's client deserializes responses with; a model's constructor stops at one
+    # discriminator level, so a VM item (two levels down) would stay a plain ProtectedItem.
+    model_base = pytest.importorskip("azure.mgmt.recoveryservicesbackup._utils.model_base")
+    estate = demo_estate(T0)
+    families = {
+        "vm": (models.AzureIaaSVMProtectedItem, "AzureIaaSComputeVMProtectedItem"),
+        "sql": (models.AzureVmWorkloadProtectedItem, "AzureVmWorkloadSQLDatabaseProtectedItem"),
+        "fileshare": (models.ProtectedItem, "AzureFileshareProtectedItem"),
+    }
+    for vault in estate.all_vaults(kind=RECOVERY_SERVICES):
+        for item in estate.items_in(vault.subscription_id, vault.resource_group, vault.name, now=T0):
+            props = protected_item_body(item, vault, T0)["properties"]
+            family, name = families[item.kind]
+            read = model_base._deserialize(family, props)
+            assert type(read).__name__ == name
+            assert (read.friendly_name, read.protection_state) == (item.name, props["protectionState"])
+            assert (read.last_backup_time is None) == ("lastBackupTime" not in props)
+
+
+async def test_backup_instances_and_recovery_points_in_a_window(
+    serve: Serve, http: aiohttp.ClientSession
+) -> None:
+    """backupInstances lists instances shaped like the recorded ones; recoveryPoints answers the points within a startDate/endDate window, newest first."""
+    estate = Estate(Clock())
+    estate.add_vault(SUB, RG, VAULT, kind=BACKUP_VAULT, location="centraluseuap")
+    points = tuple(T0 - k * DAY + 0.505598 for k in range(1, 6))
+    disk = estate.add_item(
+        SimItem(SUB, RG, VAULT, kind="disk", name="disk-1", policy="diskpolicy", recovery_points=points)
+    )
+    estate.add_item(
+        SimItem(SUB, RG, VAULT, kind="postgresql", name="orders", parent="pg-1", health="ActionRequired")
+    )
+    estate.add_item(
+        SimItem(SUB, RG, VAULT, kind="disk", name="disk-old", protection_state="ProtectionStopped")
+    )
+    aks = estate.add_item(
+        SimItem(SUB, RG, VAULT, kind="aks", name="aks-1", every=3600.0, first_protected=T0 - 5 * 3600 - 1)
+    )
+    sim = await serve(estate, page_size=2)
+    vault_id = (
+        f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.DataProtection/backupVaults/{VAULT}"
+    )
+
+    listed = await all_pages(http, f"{bv_url(sim)}/backupInstances?{DP_API}")
+    instances = {i["properties"]["friendlyName"]: i for i in listed}
+    assert sorted(instances) == ["aks-1", "disk-1", "disk-old", "pg-1\\orders"]
+    first = instances["disk-1"]
+    assert (first["name"], first["id"]) == (disk.arm_name, f"{vault_id}/backupInstances/{disk.arm_name}")
+    assert disk.arm_name.startswith("disk-1-disk-1-")
+    assert first["type"] == "Microsoft.DataProtection/backupVaults/backupInstances"
+    props = first["properties"]
+    assert (
+        props["dataSourceInfo"]["resourceID"]
+        == f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Compute/disks/disk-1"
+    )
+    assert (props["dataSourceInfo"]["datasourceType"], props["dataSourceInfo"]["resourceLocation"]) == (
+        "Microsoft.Compute/disks",
+        "centraluseuap",
+    )
+    assert props["policyInfo"]["policyId"] == f"{vault_id}/backupPolicies/diskpolicy"
+    assert (props["protectionStatus"], props["currentProtectionState"]) == (
+        {"status": "ProtectionConfigured"},
+        "ProtectionConfigured",
+    )
+    orders = instances["pg-1\\orders"]["properties"]
+    assert orders["protectionStatus"]["status"] == "ProtectionError"
+    assert orders["protectionStatus"]["errorDetails"]["code"] == "InternalServerError"
+    assert orders["dataSourceSetInfo"]["resourceID"].endswith(
+        "/providers/Microsoft.DBforPostgreSQL/servers/pg-1"
+    )
+    assert instances["disk-old"]["properties"]["protectionStatus"] == {"status": "ProtectionStopped"}
+    _, _, single = await get_json(http, f"{bv_url(sim)}/backupInstances/{disk.arm_name.upper()}?{DP_API}")
+    assert single == first
+
+    points_url = f"{bv_url(sim)}/backupInstances/{disk.arm_name}/recoveryPoints?api-version=2023-01-01"
+    window = "startDate eq '2023-11-12T10:13:20.0000000Z' and endDate eq '2023-11-14T10:13:20.0000000Z'"
+    status, _, body = await get_json(http, points_url, params={"$filter": window})
+    assert status == 200
+    assert [p["properties"]["recoveryPointTime"] for p in body["value"]] == [
+        "2023-11-13T22:13:20.5055980Z",
+        "2023-11-12T22:13:20.5055980Z",
+    ]
+    point = body["value"][0]
+    assert point["id"] == f"{vault_id}/backupInstances/{disk.arm_name}/recoveryPoints/{point['name']}"
+    assert point["type"] == "Microsoft.DataProtection/backupVaults/backupInstances/recoveryPoints"
+    assert (point["properties"]["objectType"], point["properties"]["recoveryPointType"]) == (
+        "AzureBackupDiscreteRecoveryPoint",
+        "Incremental",
+    )
+    assert point["properties"]["recoveryPointDataStoresDetails"][0]["type"] == "OperationalStore"
+
+    every = [p["properties"]["recoveryPointTime"] for p in await all_pages(http, points_url)]
+    assert every == sorted(every, reverse=True)
+    assert len(every) == 5
+    hourly = await all_pages(http, f"{bv_url(sim)}/backupInstances/{aks.arm_name}/recoveryPoints?{DP_API}")
+    assert len(hourly) == 5  # one an hour since protection began
+
+    status, _, _ = await get_json(http, points_url, params={"$filter": "status eq 'x'"})
+    assert status == 400
+    status, _, _ = await get_json(http, f"{bv_url(sim)}/backupInstances/nope/recoveryPoints?{DP_API}")
+    assert status == 404
+
+
 # -- the estate and its scenarios ----------------------------------------------------------
 
 
@@ -699,6 +1469,87 @@ def test_demo_estate_moves_from_the_start() -> None:
     clock.now = T0 + 600
     after = sum(len(v["jobs"]) for v in demo_vaults(estate))
     assert after >= before + 10
+
+
+def test_demo_estate_has_a_backup_vault_and_items_in_every_vault() -> None:
+    """The demo adds a Backup vault whose disk and PostgreSQL jobs end within a minute (one failing) and recur, and items in every vault: stale, never backed up, stopped and healthy."""
+    clock = Clock()
+    estate = demo_estate(T0)
+    estate.clock = clock
+    assert demo_subscriptions(estate) == [DEMO_SUBSCRIPTION, DEMO_DR_SUBSCRIPTION]
+    assert {v["type"] for v in demo_vaults(estate)} == {"recovery_services"}
+    (backup_vault,) = estate.vaults(BACKUP_VAULT)
+    assert backup_vault[0] == DEMO_SUBSCRIPTION
+    jobs = estate.jobs_in(*backup_vault, kind=BACKUP_VAULT)
+    running = [j for j in jobs if estate.status_of(j) == "InProgress"]
+    assert {j.job_type for j in running} == {
+        "Microsoft.Compute/disks",
+        "Microsoft.DBforPostgreSQL/servers/databases",
+    }
+    assert all(0 < j.end - T0 <= 60 for j in running)
+    assert "Failed" in {j.outcome for j in running}
+    clock.now = T0 + 600
+    assert len(estate.jobs_in(*backup_vault, kind=BACKUP_VAULT)) >= len(jobs) + 4
+
+    never, stopped, stale, healthy = [], [], [], []
+    for vault in estate.all_vaults():
+        items = estate.items_in(
+            vault.subscription_id, vault.resource_group, vault.name, kind=vault.kind, now=T0
+        )
+        assert items, vault.name
+        for item in items:
+            last = item.last_point(T0)
+            if item.protection_state == "ProtectionStopped":
+                stopped.append(item.name)
+            elif last is None:
+                never.append(item.name)
+            elif T0 - last > 2.9 * DAY:
+                stale.append(item.name)
+            else:
+                assert T0 - last < DAY, item.name
+                healthy.append(item.name)
+    assert {"vm-app-01", "hr-share", "disk-app-01-data"} <= set(stale)
+    assert {"vm-batch-01", "ArchiveDb", "aks-prod-weu"} <= set(never)
+    assert {"vm-legacy-01", "disk-legacy-01-os"} <= set(stopped)
+    assert len(healthy) >= 10
+    # Scheduled items keep backing up while the demo runs.
+    web = next(
+        i
+        for i in estate.items_in(DEMO_SUBSCRIPTION, "rg-backup-prod", "vault-prod-weu")
+        if i.name == "vm-web-01"
+    )
+    later = web.last_point(T0 + 10 * DAY)
+    assert later is not None
+    assert later > T0 + 9 * DAY
+
+
+def test_bench_estate_builds_both_vault_kinds_with_items_quickly() -> None:
+    """1,000 vaults of both kinds with 50 jobs and 20 items each build in a few seconds of CPU."""
+    clock = Clock()
+    started = time.process_time()
+    estate = bench_estate(1000, 50, now=T0, clock=clock, backup_vaults=300, items_per_vault=20)
+    assert time.process_time() - started < 4.0
+    assert (len(estate.vaults()), len(estate.vaults(BACKUP_VAULT))) == (700, 300)
+    backup_vault = estate.vaults(BACKUP_VAULT)[0]
+    jobs = estate.jobs_in(*backup_vault, kind=BACKUP_VAULT)
+    assert len(jobs) == 50
+    assert {j.job_type for j in jobs} == {
+        "Microsoft.Compute/disks",
+        "Microsoft.DBforPostgreSQL/servers/databases",
+    }
+    items = [
+        item
+        for v in estate.all_vaults()
+        for item in estate.items_in(v.subscription_id, v.resource_group, v.name, kind=v.kind)
+    ]
+    assert len(items) == 20_000
+    assert {item.kind for item in items} == {"vm", "sql", "fileshare", "disk", "postgresql"}
+    lasts = [item.last_point(T0) for item in items]
+    assert any(last is None for last in lasts)
+    assert any(last is not None and T0 - last > 3 * DAY for last in lasts)
+    assert any(item.protection_state == "ProtectionStopped" for item in items)
+    with pytest.raises(ValueError, match="backup_vaults"):
+        bench_estate(2, 1, backup_vaults=3)
 
 
 def test_bench_estate_is_quick_to_build_and_to_list_by_status() -> None:

@@ -215,12 +215,13 @@ class Watcher:
         if self.scheduler is None:
             return []
         out = []
+        now = self.scheduler.monotonic()
         for s in self.scheduler.stale_vaults():
             ref = s.ref
+            why = s.why(now)
             out.append(
                 f"{ref.subscription_id}/{ref.resource_group}/{ref.name}: no good poll for "
-                f"{int(self.scheduler.monotonic() - (s.last_ok or s.watched_since))}s"
-                + (f" ({s.last_error})" if s.last_error else "")
+                f"{int(now - (s.last_ok or s.watched_since))}s" + (f" ({why})" if why else "")
             )
         return out
 

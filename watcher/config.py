@@ -150,6 +150,7 @@ class AzureConfig(_Strict):
     cloud: Cloud = "AzurePublicCloud"
     management_endpoint: str | None = None
     api_version: str = "2025-02-01"
+    backup_vault_api_version: str = "2025-09-01"
     credential: CredentialKind = "default"
     client_id: Guid | None = None
     static_token_env: str | None = None
@@ -174,7 +175,7 @@ class AzureConfig(_Strict):
             raise ValueError("the endpoint must not have a query or fragment")
         return value.rstrip("/")
 
-    @field_validator("api_version")
+    @field_validator("api_version", "backup_vault_api_version")
     @classmethod
     def _api_version(cls, value: str) -> str:
         if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(-preview)?", value):
@@ -244,6 +245,8 @@ class PollConfig(_Strict):
     # ARM's read budget: a bucket of 250 refilled at 25/s per subscription and principal.
     ratelimit_burst: StrictInt = Field(default=250, ge=1)
     ratelimit_per_second: float = Field(default=25.0, gt=0, strict=True, allow_inf_nan=False)
+    vault_discovery_interval: Duration = 1800.0
+    inventory_interval: Duration = 900.0
 
     @model_validator(mode="after")
     def _order(self) -> PollConfig:
@@ -315,12 +318,17 @@ class LoggingConfig(_Strict):
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_level)] = "info"
 
 
+VaultType = Literal["recovery_services", "backup_vault"]
+VAULT_TYPES: tuple[VaultType, ...] = ("recovery_services", "backup_vault")
+
+
 class VaultConfig(_Strict):
-    """One Recovery Services vault and the jobs to watch in it."""
+    """One vault named in the config, of either kind, and the jobs to watch in it."""
 
     subscription_id: Guid
     resource_group: str
     name: str
+    type: Annotated[VaultType, BeforeValidator(_lower)] = "recovery_services"
     jobs: Annotated[list[Guid], BeforeValidator(_empty_list)] = Field(default_factory=list)
     discover: StrictBool | None = None
 
@@ -354,6 +362,62 @@ class VaultConfig(_Strict):
         return value
 
 
+def _unique_types(value: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for i, kind in enumerate(value):
+        if kind in seen:
+            raise _field_error(i, f"{kind} is listed twice (also vault_types[{seen[kind]}])")
+        seen[kind] = i
+    return value
+
+
+class SubscriptionConfig(_Strict):
+    """A subscription whose vaults are all watched, found by listing it (as they come and go)."""
+
+    id: Guid
+    vault_types: Annotated[
+        list[Annotated[VaultType, BeforeValidator(_lower)]], BeforeValidator(_empty_list)
+    ] = Field(default_factory=lambda: list(VAULT_TYPES), min_length=1)
+    resource_groups: Annotated[list[str], BeforeValidator(_empty_list)] = Field(default_factory=list)
+    tags: Annotated[dict[str, str], BeforeValidator(lambda v: {} if v is None else v)] = Field(
+        default_factory=dict
+    )
+    exclude_vaults: Annotated[list[str], BeforeValidator(_empty_list)] = Field(default_factory=list)
+
+    @field_validator("vault_types")
+    @classmethod
+    def _types(cls, value: list[str]) -> list[str]:
+        return _unique_types(value)
+
+    @field_validator("resource_groups")
+    @classmethod
+    def _rgs(cls, value: list[str]) -> list[str]:
+        for i, rg in enumerate(value):
+            if not _RESOURCE_GROUP.fullmatch(rg) or rg.endswith("."):
+                raise _field_error(i, f"not a valid resource group name: {rg!r}")
+        return value
+
+    @field_validator("exclude_vaults")
+    @classmethod
+    def _excluded(cls, value: list[str]) -> list[str]:
+        for i, name in enumerate(value):
+            if not _VAULT_NAME.fullmatch(name):
+                raise _field_error(i, f"not a valid vault name: {name!r}")
+        return value
+
+    def wants(self, kind: str, resource_group: str, name: str, tags: dict[str, str]) -> bool:
+        """Whether a vault this subscription's listing returned is to be watched."""
+        if kind not in self.vault_types:
+            return False
+        if self.resource_groups and resource_group.lower() not in {rg.lower() for rg in self.resource_groups}:
+            return False
+        if name.lower() in {v.lower() for v in self.exclude_vaults}:
+            return False
+        # Tag names compare case-insensitively, as ARM's do; values exactly.
+        lowered = {k.lower(): v for k, v in tags.items()}
+        return all(lowered.get(k.lower()) == v for k, v in self.tags.items())
+
+
 _SECTIONS = ("azure", "poll", "discovery", "store", "http", "logging")
 
 
@@ -366,6 +430,9 @@ class Config(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    subscriptions: Annotated[list[SubscriptionConfig], BeforeValidator(_empty_list)] = Field(
+        default_factory=list
+    )
     vaults: Annotated[list[VaultConfig], BeforeValidator(_empty_list)] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -635,9 +702,15 @@ def _vault_checks(data: dict[str, Any], config: Config | None, require_vaults: b
     if not isinstance(raw, list):
         return []  # the model reported it
     problems: list[Problem] = []
-    misspelt = any(isinstance(k, str) and k != "vaults" and k.lower() == "vaults" for k in data)
-    if not raw and require_vaults and not misspelt:
-        problems.append((("vaults",), "at least one vault is needed"))
+    subscriptions = data.get("subscriptions")
+    misspelt = any(
+        isinstance(k, str)
+        and k not in ("vaults", "subscriptions")
+        and k.lower() in ("vaults", "subscriptions")
+        for k in data
+    )
+    if not raw and not subscriptions and require_vaults and not misspelt:
+        problems.append((("vaults",), "at least one of subscriptions and vaults is needed"))
     enabled: bool | None
     if config is not None:
         enabled = config.discovery.enabled
@@ -653,9 +726,9 @@ def _vault_checks(data: dict[str, Any], config: Config | None, require_vaults: b
                 vaults.append((i, VaultConfig.model_validate(item)))
             except ValidationError:
                 continue
-    seen: dict[tuple[str, str, str], int] = {}
+    seen: dict[tuple[str, str, str, str], int] = {}
     for i, vault in vaults:
-        key = (vault.subscription_id, vault.resource_group.lower(), vault.name.lower())
+        key = (vault.type, vault.subscription_id, vault.resource_group.lower(), vault.name.lower())
         if key in seen:
             problems.append((("vaults", i), f"repeats vaults[{seen[key]}] ({vault.name})"))
             continue
@@ -664,6 +737,12 @@ def _vault_checks(data: dict[str, Any], config: Config | None, require_vaults: b
             problems.append(
                 (("vaults", i), f"{vault.name} names no jobs and does not discover: nothing to watch")
             )
+    if config is not None:
+        ids: dict[str, int] = {}
+        for i, sub in enumerate(config.subscriptions):
+            if sub.id in ids:
+                problems.append((("subscriptions", i), f"repeats subscriptions[{ids[sub.id]}] ({sub.id})"))
+            ids.setdefault(sub.id, i)
     return problems
 
 

@@ -13,6 +13,7 @@ WatcherError
       |    +-- ApiVersionError      ARM rejected the api-version; .supported lists the ones it takes
       +-- ForeignHostError      a URL Azure handed back points outside the management host  (bad_response)
       +-- BadResponseError      a body that is not what Azure documents                    (bad_response)
+      |    +-- EndlessListingError  a listing whose nextLink did not stop within MAX_PAGES   (bad_response)
       +-- RetryableError        worth trying again after .retry_after seconds (or backoff)
            +-- ThrottledError       429                                                     (throttled)
            +-- ServerError          408 and 5xx                                             (server_error)
@@ -49,9 +50,14 @@ class StoreError(WatcherError):
 
 
 class AzureError(WatcherError):
-    """Azure answered with an error, or did not answer at all."""
+    """Azure answered with an error, or did not answer at all.
+
+    `retry_after`: the least time to wait before asking again, when the error says so (Azure's
+    Retry-After, capped; or a fault that will not cure itself in seconds).
+    """
 
     reason = "bad_response"
+    retry_after: float | None = None
 
     def __init__(
         self,
@@ -114,6 +120,14 @@ class BadResponseError(AzureError):
     """Azure answered, but not with a body we can use."""
 
     reason = "bad_response"
+
+
+class EndlessListingError(BadResponseError):
+    """A listing's nextLink kept leading to new pages: the vault waits a whole backoff_max to try again."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class RetryableError(AzureError):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from watcher.azure.client import ArmClient, JobFilter
-from watcher.azure.models import Job, VaultRef
+from watcher.azure.models import Job, JobPage, VaultRef
 from watcher.azure.ratelimit import Backoff
 from watcher.config import Config
 from watcher.errors import (
@@ -36,7 +36,6 @@ from watcher.errors import (
     AzureError,
     ForbiddenError,
     NotFoundError,
-    RetryableError,
     StoreError,
 )
 from watcher.logs import get_logger
@@ -77,6 +76,15 @@ class VaultSchedule:
     watched_since: float = 0.0
     stale: bool = False
     last_error: str | None = None
+    pass_started: float | None = None
+
+    def why(self, now: float) -> str | None:
+        """What holds the vault back: its last error, or a pass that has not ended."""
+        if self.last_error is not None:
+            return self.last_error
+        if self.pass_started is not None:
+            return f"a pass has been waiting on Azure for {int(now - self.pass_started)}s"
+        return None
 
 
 @dataclass(slots=True)
@@ -105,6 +113,7 @@ class Scheduler:
     _next_prune: float = 0.0
     _failure: BaseException | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _rejected_logged: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def backoff(self) -> Backoff:
@@ -177,9 +186,11 @@ class Scheduler:
     def _launch(self, schedule: VaultSchedule) -> None:
         task = asyncio.create_task(self._guarded_pass(schedule), name=f"pass {schedule.ref.name}")
         schedule.task = task
+        schedule.pass_started = self.monotonic()
 
         def done(t: asyncio.Task[None]) -> None:
             schedule.task = None
+            schedule.pass_started = None
             if not t.cancelled() and t.exception() is not None and self._failure is None:
                 self._failure = t.exception()
             self._wake.set()
@@ -221,7 +232,7 @@ class Scheduler:
                     subscription_id=schedule.ref.subscription_id,
                     resource_group=schedule.ref.resource_group,
                     intervals=STALE_INTERVALS,
-                    last_error=schedule.last_error,
+                    why=schedule.why(self.monotonic()),
                 )
             elif schedule.ref.key not in stale and schedule.stale:
                 schedule.stale = False
@@ -305,8 +316,7 @@ class Scheduler:
                 schedule.next_poll = now + interval  # after a long backoff, back on a plain interval
         else:
             schedule.failures += 1
-            retry_after = outcome.fatal.retry_after if isinstance(outcome.fatal, RetryableError) else None
-            delay = self.backoff.delay(schedule.failures - 1, retry_after)
+            delay = self.backoff.delay(schedule.failures - 1, outcome.fatal.retry_after)
             schedule.next_poll = now + max(delay, interval)
         if outcome.errors == 0:
             schedule.last_ok = now
@@ -325,14 +335,22 @@ class Scheduler:
     async def _pass(self, state: VaultState, schedule: VaultSchedule, outcome: _Pass) -> None:
         vault = state.ref
         now = self.monotonic()
+        failed: AzureError | None = None
         if state.discover and (schedule.next_discovery is None or now >= schedule.next_discovery):
             every = self.config.poll.discovery_interval
             if schedule.next_discovery is None:
                 # The first listing is at once; after that each vault keeps a stable phase of its own.
                 schedule.next_discovery = now - every * (1.0 - _phase(vault.key, "discovery"))
             schedule.next_discovery = max(schedule.next_discovery + every, now)
-            await self.discover(state, outcome)
+            try:
+                await self.discover(state, outcome)
+            except (ForbiddenError, AuthError):
+                raise  # the job polls would fail alike
+            except AzureError as exc:
+                failed = exc  # the jobs already known are still polled; the pass fails after them
         outcome.errors += await self._poll_jobs(vault)
+        if failed is not None:
+            raise failed
 
     async def _poll_jobs(self, vault: VaultRef) -> int:
         """Poll the vault's due unfinished jobs; the number of requests that failed."""
@@ -393,8 +411,7 @@ class Scheduler:
             tracked = self.tracker.known(vault, job_id)
             if tracked is not None:
                 tracked.failures += 1
-                retry_after = exc.retry_after if isinstance(exc, RetryableError) else None
-                delay = self.backoff.delay(tracked.failures - 1, retry_after)
+                delay = self.backoff.delay(tracked.failures - 1, exc.retry_after)
                 tracked.next_check = self.monotonic() + delay
                 tracked.last_error = str(exc)
             raise
@@ -412,16 +429,19 @@ class Scheduler:
             status="InProgress",
         )
         still: dict[str, Job] = {}
+        rejected = 0
         async for page in self.client.list_jobs(vault, flt):
-            for job in page:
+            rejected += self._rejected(vault, page)
+            for job in page.jobs:
                 still[job.job_id.lower()] = job
         self._clear_vault_error(vault)
         seen = [still[tj.job_id.lower()] for tj in jobs if tj.job_id.lower() in still]
         if seen:
             self.tracker.observe_many(vault, seen, detailed=False)
-        # Those that left the listing ended (or are Cancelling): one GET each for the final state.
+        # Those that left the listing ended (or are Cancelling): one GET each for the final state. A job
+        # whose item was set aside as malformed is among them: its GET says what it is.
         gone = [tj.job_id for tj in jobs if tj.job_id.lower() not in still]
-        return await self._get_many(vault, gone)
+        return rejected + await self._get_many(vault, gone)
 
     async def discover(self, state: VaultState, outcome: _Pass | None = None) -> int:
         """List a vault's jobs started since the last look and watch the new ones; how many were new.
@@ -440,8 +460,10 @@ class Scheduler:
         flt = JobFilter(start_time=_dt(since - overlap), end_time=_dt(now + overlap))
         new_jobs: dict[str, Job] = {}
         updates: list[Job] = []
+        rejected = 0
         async for page in self.client.list_jobs(vault, flt):
-            for job in page:
+            rejected += self._rejected(vault, page)
+            for job in page.jobs:
                 known = self.tracker.known(vault, job.job_id)
                 if known is None or known.state is JobState.NOT_FOUND:
                     new_jobs[job.job_id.lower()] = job
@@ -469,13 +491,31 @@ class Scheduler:
                 raise result
         self._request_errors(vault, failed)
         if outcome is not None:
-            outcome.errors += len(failed)
+            outcome.errors += len(failed) + rejected
         self.tracker.set_watermark(vault, now)
         if new_jobs:
             log.info("jobs_discovered", vault=vault.name, new=len(new_jobs), since=_dt(since).isoformat())
         return len(new_jobs)
 
     # -- errors -----------------------------------------------------------------------------
+
+    def _rejected(self, vault: VaultRef, page: JobPage) -> int:
+        """Items of a listing page that are not jobs: each counted as bad_response, logged once per item."""
+        for item in page.rejected:
+            self.tracker.poll_error(vault, "bad_response")
+            key = (vault.key, item.ident or f"#{item.index}")
+            if key not in self._rejected_logged:
+                if len(self._rejected_logged) >= 10_000:
+                    self._rejected_logged.clear()  # bounded memory; an item may be logged again
+                self._rejected_logged.add(key)
+                log.warning(
+                    "list_item_rejected",
+                    vault=vault.name,
+                    item=item.ident,
+                    index=item.index,
+                    reason=item.reason,
+                )
+        return len(page.rejected)
 
     def _request_errors(self, vault: VaultRef, failed: list[AzureError]) -> None:
         """Requests of a pass failed (the pass went on): count each, log one line per reason."""

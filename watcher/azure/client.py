@@ -31,10 +31,11 @@ import yarl
 from watcher.azure.auth import TokenProvider
 from watcher.azure.models import (
     Job,
+    JobPage,
     OperationStatus,
     VaultRef,
     parse_job,
-    parse_job_list,
+    parse_job_page,
     parse_operation,
 )
 from watcher.azure.ratelimit import (
@@ -52,6 +53,7 @@ from watcher.errors import (
     BadResponseError,
     ConfigError,
     ConnectionFailed,
+    EndlessListingError,
     ForbiddenError,
     ForeignHostError,
     NotFoundError,
@@ -66,6 +68,7 @@ from watcher.logs import get_logger, redact
 log = get_logger("backup_watcher.client")
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a list page of 200 jobs is well under 1 MB
+MAX_PAGES = 100  # pages of one listing: 20,000 jobs of 200 a page, far beyond a day of one vault
 _SUPPORTED_VERSIONS = re.compile(r"supported (?:api-)?versions are '([^']*)'", re.IGNORECASE)
 _SUBSCRIPTION_IN_PATH = re.compile(r"/subscriptions/([^/?#]+)", re.IGNORECASE)
 
@@ -258,18 +261,35 @@ class ArmClient:
             job = _with_vault(job, vault)
         return job
 
-    async def list_jobs(self, vault: VaultRef, flt: JobFilter | None = None) -> AsyncIterator[list[Job]]:
-        """Pages of a vault's job listing, following `nextLink` verbatim until it is absent."""
-        url: str | None = self.list_url(vault, flt)
+    async def pages(self, endpoint: str, url: str) -> AsyncIterator[Any]:
+        """The bodies of a paged listing, following `nextLink` verbatim until it is absent.
+
+        A nextLink that repeats a page, or a listing that does not end within MAX_PAGES pages (a
+        nextLink that never stops changing), is a BadResponseError: a listing cannot spend the budget.
+        """
+        next_url: str | None = url
         seen: set[str] = set()
-        while url is not None:
-            if url in seen:
-                raise BadResponseError("job listing's nextLink repeats a page already read")
-            seen.add(url)
-            self.check_host(url)
-            response = await self.request("list_jobs", url)
-            jobs, url = parse_job_list(response.body)
-            yield [job if job.vault is not None else _with_vault(job, vault) for job in jobs]
+        while next_url is not None:
+            if next_url in seen:
+                raise BadResponseError("the listing's nextLink repeats a page already read")
+            if len(seen) >= MAX_PAGES:
+                raise EndlessListingError(
+                    f"the listing did not end within {MAX_PAGES} pages", retry_after=self.backoff.maximum
+                )
+            seen.add(next_url)
+            self.check_host(next_url)
+            response = await self.request(endpoint, next_url)
+            yield response.body
+            link = response.body.get("nextLink") if isinstance(response.body, dict) else None
+            next_url = link if isinstance(link, str) and link else None
+
+    async def list_jobs(self, vault: VaultRef, flt: JobFilter | None = None) -> AsyncIterator[JobPage]:
+        """Pages of a vault's job listing; an item that is not a job is set aside in its page."""
+        async for body in self.pages("list_jobs", self.list_url(vault, flt)):
+            page = parse_job_page(body)
+            yield replace(
+                page, jobs=[job if job.vault is not None else _with_vault(job, vault) for job in page.jobs]
+            )
 
     async def get_operation(self, url: str) -> tuple[OperationStatus, float | None]:
         """One look at an operation: its status and Azure's Retry-After, if any."""

@@ -1,4 +1,4 @@
-"""JSON bodies shaped like the live service's: jobs, operation statuses and ARM errors.
+"""Recovery Services job and operation-status bodies, shaped like the live service's.
 
 The shapes follow recorded traffic rather than the swagger where the two differ: `actionsInfo` is
 `[1]` (absent on configuration jobs), `errorDetails[].errorCode` is a number and `errorTitle` may be
@@ -89,11 +89,6 @@ _DEFAULT_CODES: dict[tuple[str, str], int] = {
 }
 
 
-def arm_error(code: str, message: str) -> dict[str, Any]:
-    """The ARM error envelope every failed request answers with."""
-    return {"error": {"code": code, "message": message}}
-
-
 def job_id_path(job: SimJob, subscriptions: str = "subscriptions") -> str:
     """The job's ARM id; `subscriptions` spells the first segment (ARM echoes the request's)."""
     return (
@@ -182,7 +177,8 @@ def _actions(job: SimJob, status: str, finished: bool) -> list[Any] | None:
 
 def _error_detail(job: SimJob, family: str) -> dict[str, Any]:
     code = job.error_code if job.error_code is not None else _DEFAULT_CODES[(family, job.outcome)]
-    title, text, recommendations = _KNOWN_ERRORS.get(code, ("", "", _RETRY_LATER))
+    known = _KNOWN_ERRORS.get(code) if isinstance(code, int) else None
+    title, text, recommendations = known or ("", "", _RETRY_LATER)
     detail: dict[str, Any] = {}
     if job.job_type not in ("DpmJob", "MabJob"):  # their error info has no code or title
         detail["errorCode"] = code

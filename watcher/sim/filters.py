@@ -1,10 +1,13 @@
-"""The `$filter` of a backupJobs listing, in the form the service documents.
+"""The `$filter` texts the simulator understands, in the forms the service documents.
 
-Clauses are `field eq 'value'` joined by ` and `; the fields are status, backupManagementType,
-operation, jobId, startTime and endTime. Dates are written `'2016-03-21 06:30:00 AM'` (the service's
-own examples even say `'2016-01-01 00:00:00 AM'`); ISO 8601 is accepted too. startTime/endTime
-select the jobs whose start lies in that window. An empty value (`operation eq ''`, as PowerShell
-sends) constrains nothing.
+A backupJobs listing takes clauses `field eq 'value'` joined by ` and `; the fields are status,
+backupManagementType, operation, jobId, startTime and endTime. Dates are written `'2016-03-21 06:30:00
+AM'` (the service's own examples even say `'2016-01-01 00:00:00 AM'`); ISO 8601 is accepted too.
+startTime/endTime select the jobs whose start lies in that window. An empty value (`operation eq ''`,
+as PowerShell sends) constrains nothing.
+
+A backupProtectedItems listing takes `backupManagementType eq '...' and itemType eq '...'`, and a
+Backup vault's recoveryPoints listing `startDate eq '...' and endDate eq '...'`, in the same grammar.
 """
 
 from __future__ import annotations
@@ -80,22 +83,19 @@ def parse_time(text: str) -> float:
     return moment.timestamp()
 
 
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """A parsed protected-item `$filter`, lower-case; None leaves a field free."""
+
+    backup_management_type: str | None = None
+    item_type: str | None = None
+
+
 def parse_filter(text: str | None) -> JobQuery:
-    """Parse a `$filter` value; raise FilterError for anything outside the documented form."""
+    """Parse a backupJobs `$filter`; raise FilterError for anything outside the documented form."""
     if text is None or not text.strip():
         return JobQuery()
-    values: dict[str, str] = {}
-    for clause in _AND.split(text.strip()):
-        match = _CLAUSE.match(clause)
-        if not match:
-            raise FilterError(f"'{clause}' is not of the form field eq 'value'")
-        field, value = match.group(1).lower(), match.group(2)
-        if field not in _FIELDS:
-            raise FilterError(f"'{match.group(1)}' cannot be filtered on")
-        if field in values:
-            raise FilterError(f"'{match.group(1)}' is named twice")
-        values[field] = value
-    set_values = {k: v for k, v in values.items() if v.strip()}
+    set_values = {k: v for k, v in _clauses(text, _FIELDS).items() if v.strip()}
     status = set_values.get("status")
     if status is not None and status.lower() not in _STATUS_BY_LOWER:
         raise FilterError(f"'{status}' is not a job status")
@@ -109,6 +109,39 @@ def parse_filter(text: str | None) -> JobQuery:
         start_from=parse_time(start) if start is not None else None,
         start_to=parse_time(end) if end is not None else None,
     )
+
+
+def parse_item_filter(text: str | None) -> ItemQuery:
+    """Parse a backupProtectedItems `$filter` (backupManagementType, itemType)."""
+    if text is None or not text.strip():
+        return ItemQuery()
+    values = _clauses(text, ("backupmanagementtype", "itemtype"))
+    return ItemQuery(_lower(values.get("backupmanagementtype")), _lower(values.get("itemtype")))
+
+
+def parse_point_window(text: str | None) -> tuple[float | None, float | None]:
+    """Parse a recoveryPoints `$filter` (startDate, endDate) into an epoch window."""
+    if text is None or not text.strip():
+        return None, None
+    values = _clauses(text, ("startdate", "enddate"))
+    start, end = values.get("startdate"), values.get("enddate")
+    return (parse_time(start) if start else None, parse_time(end) if end else None)
+
+
+def _clauses(text: str, fields: tuple[str, ...]) -> dict[str, str]:
+    """The `field eq 'value'` clauses of `text` by lower-case field, each of `fields` at most once."""
+    values: dict[str, str] = {}
+    for clause in _AND.split(text.strip()):
+        match = _CLAUSE.match(clause)
+        if not match:
+            raise FilterError(f"'{clause}' is not of the form field eq 'value'")
+        field, value = match.group(1).lower(), match.group(2)
+        if field not in fields:
+            raise FilterError(f"'{match.group(1)}' cannot be filtered on")
+        if field in values:
+            raise FilterError(f"'{match.group(1)}' is named twice")
+        values[field] = value
+    return values
 
 
 def _lower(value: str | None) -> str | None:

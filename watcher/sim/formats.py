@@ -1,9 +1,10 @@
 """Time and duration text exactly as the Azure Backup service writes it.
 
 Times are .NET round-trip UTC strings with up to seven fractional digits, trailing zeros dropped
-(`2022-05-13T10:52:22.884816Z`). Durations are ISO 8601 as `XmlConvert` writes a TimeSpan
-(`PT20M23.0896697S`, `PT0S`), or the TimeSpan's own text (`00:20:23.0896697`) that older API
-versions and the REST documentation show. All arithmetic is in 100 ns ticks, the service's own unit.
+(`2022-05-13T10:52:22.884816Z`); Backup vault recovery points keep all seven. Durations are ISO
+8601 as `XmlConvert` writes a TimeSpan (`PT20M23.0896697S`, `PT0S`), or the TimeSpan's own text
+(`00:20:23.0896697`) that older API versions, Backup vault job listings and the REST documentation
+show. All arithmetic is in 100 ns ticks, the service's own unit.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def format_time(epoch: float) -> str:
     stamp = (_EPOCH + dt.timedelta(seconds=whole)).strftime("%Y-%m-%dT%H:%M:%S")
     digits = f"{frac:07d}".rstrip("0")
     return f"{stamp}.{digits}Z" if digits else f"{stamp}Z"
+
+
+def format_time_fixed(epoch: float) -> str:
+    """An epoch time with all seven fraction digits, as recovery points write it:
+    `2023-06-16T04:41:20.5055980Z`."""
+    whole, frac = divmod(ticks(epoch), TICKS_PER_SECOND)
+    stamp = (_EPOCH + dt.timedelta(seconds=whole)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:07d}Z"
 
 
 def format_duration(seconds: float, *, timespan: bool = False) -> str:

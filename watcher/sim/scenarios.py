@@ -1,11 +1,14 @@
 """Ready-made estates: the demo's small, lively one and the benchmark's large, uniform one.
 
-The demo (`demo_estate`) has four vaults in two subscriptions: IaaS VM backups (one completes, one
-with warnings, one fails, one is cancelled, a restore runs), a SQL workload (`Backup (Full)` and a
-`Backup (Log)` every minute, TimeSpan durations, one log backup in five failing with 510008), Azure
-Files shares, and MAB/DPM history. Yesterday's jobs are history; the first running ones end 10 to 40
-seconds after `now`, and recurring jobs start new instances every one to four minutes for as long as
-it runs.
+The demo (`demo_estate`) has four Recovery Services vaults in two subscriptions: IaaS VM backups
+(one completes, one with warnings, one fails, one is cancelled, a restore runs), a SQL workload
+(`Backup (Full)` and a `Backup (Log)` every minute, TimeSpan durations, one log backup in five
+failing with 510008), Azure Files shares, and MAB/DPM history; and a Backup vault with disk and
+PostgreSQL backups (one fails with an errorDetails entry, a disk backup recurs). Yesterday's jobs
+are history; the first running ones end 10 to 40 seconds after `now`, and recurring jobs start new
+instances every one to five minutes for as long as it runs. Every vault has protected items: most
+back up on schedule, and among them are items whose last recovery point is three days old, items
+never backed up and items whose protection was stopped.
 
 The benchmark (`bench_estate`) spreads vaults over four subscriptions; every job has started before
 `now` and ends at a uniformly random moment within `spread` seconds after it, mostly Completed.
@@ -19,7 +22,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from watcher.sim.estate import SIM_NAMESPACE, Estate, RecurringJob, SimJob
+from watcher.sim.estate import (
+    BACKUP_VAULT,
+    DATASOURCE_TYPES,
+    RECOVERY_SERVICES,
+    SIM_NAMESPACE,
+    Estate,
+    RecurringJob,
+    SimItem,
+    SimJob,
+)
 
 DEMO_SUBSCRIPTION = "8c2f4a1e-3b7d-4e9a-9f62-1d5c7b3e0a14"
 DEMO_DR_SUBSCRIPTION = "b71e9d04-6a2c-4f38-8e15-93c0d7a2f5b6"
@@ -29,6 +41,9 @@ _VM = ("AzureIaaSVMJob", "AzureIaasVM")
 _SQL = ("AzureWorkloadJob", "AzureWorkload")
 _FILES = ("AzureStorageJob", "AzureStorage")
 _MAB = ("MabJob", "MAB")
+# Backup vault jobs: (dataSourceType, no backupManagementType).
+_DISK = (DATASOURCE_TYPES["disk"], "")
+_PG = (DATASOURCE_TYPES["postgresql"], "")
 
 
 class _DemoBuilder:
@@ -134,20 +149,133 @@ def demo_estate(now: float | None = None) -> Estate:
         size_mb=420,
         appears_after=60,
     )
+
+    bv = (DEMO_SUBSCRIPTION, "rg-backup-prod", "bvault-prod-weu")
+    estate.add_vault(*bv, kind=BACKUP_VAULT, tags={"env": "prod"})
+
+    def disk(name: str) -> dict[str, Any]:
+        return {
+            "vault_kind": BACKUP_VAULT,
+            "policy_name": "disk-daily",
+            "datasource_name": name,
+            "source_resource_group": "rg-app-prod",
+        }
+
+    def pg(database: str) -> dict[str, Any]:
+        return {
+            "vault_kind": BACKUP_VAULT,
+            "policy_name": "pg-weekly",
+            "datasource_name": database,
+            "datasource_set": "pg-orders-weu",
+        }
+
+    orders, stock = "pg-orders-weu\\orders", "pg-orders-weu\\stock"
+    gib64 = 65536
+    d.add(
+        bv,
+        _DISK,
+        "Backup",
+        "disk-web-01-os",
+        -_DAY - 600,
+        214.6372013,
+        size_mb=gib64,
+        **disk("disk-web-01-os"),
+    )
+    d.add(bv, _DISK, "Backup", "disk-app-01-data", -_DAY - 300, 48.2, "Failed", **disk("disk-app-01-data"))
+    d.add(bv, _PG, "Backup", orders, -_DAY, 131.9724387, size_mb=2048, **pg("orders"))
+    d.add(bv, _PG, "Restore", orders, -2 * _DAY, 365.7409896, user_triggered=True, **pg("orders"))
+    d.add(bv, _DISK, "Backup", "disk-web-01-os", -200, 230.0, size_mb=gib64, **disk("disk-web-01-os"))
+    d.add(bv, _DISK, "Backup", "disk-app-01-data", -100, 140.0, "Failed", **disk("disk-app-01-data"))
+    d.add(bv, _PG, "Backup", stock, -45, 60.0, size_mb=512, **pg("stock"))
+    disk_outcomes = ("Completed", "Completed", "Failed")
+    d.every(150, disk_outcomes, bv, _DISK, "Backup", "disk-web-02-os", -140, 95.0, **disk("disk-web-02-os"))
+    d.every(300, ("Completed",), bv, _PG, "Backup", orders, -280, 131.9724387, **pg("orders"))
+
+    _demo_items(estate, d.now, prod, sql, files, dr, bv)
     return estate
 
 
+def _demo_items(
+    estate: Estate,
+    now: float,
+    prod: tuple[str, str, str],
+    sql: tuple[str, str, str],
+    files: tuple[str, str, str],
+    dr: tuple[str, str, str],
+    bv: tuple[str, str, str],
+) -> None:
+    """The demo vaults' protected items; scheduled ones keep backing up while the demo runs."""
+
+    def daily(last: float, days: int = 7) -> dict[str, Any]:
+        # Seven-digit fractions, as the service's times have.
+        points = tuple(now + last + 0.5725468 - k * _DAY for k in range(days))
+        return {"recovery_points": points, "every": _DAY, "first_protected": now - 30 * _DAY}
+
+    def stale(days_ago: float) -> dict[str, Any]:
+        points = tuple(now - days_ago * _DAY + 0.6678121 - k * _DAY for k in range(5))
+        return {"recovery_points": points, "first_protected": now - 30 * _DAY}
+
+    def item(vault: tuple[str, str, str], kind: str, name: str, **extra: Any) -> None:
+        estate.add_item(SimItem(*vault, kind=kind, name=name, **extra))
+
+    vm_rg = {"source_resource_group": "rg-app-prod"}
+    item(prod, "vm", "vm-web-01", **daily(-3 * 3600), **vm_rg)
+    item(prod, "vm", "vm-web-02", **daily(-2 * 3600), **vm_rg)
+    item(prod, "vm", "vm-web-03", **daily(-3600), **vm_rg)
+    failing = {"health": "ActionRequired", "last_backup_status": "Failed", "last_backup": now - 200}
+    item(prod, "vm", "vm-app-01", **stale(3), **failing, **vm_rg)
+    item(prod, "vm", "vm-batch-01", first_protected=now - 2 * 3600, **vm_rg)
+    stopped = {"protection_state": "ProtectionStopped", "policy": "DefaultPolicy"}
+    item(prod, "vm", "vm-legacy-01", **stale(20), **stopped, **vm_rg)
+
+    hourly = {"every": 3600.0, "first_protected": now - 10 * _DAY + 0.3124471}
+    item(sql, "sql", "SalesDb", parent="sql-vm-01", policy="HourlyLogBackup", **hourly)
+    item(sql, "sql", "HRDb", parent="sql-vm-01", policy="HourlyLogBackup", **hourly)
+    # Its first backup failed: it stays IRPending, with a lastBackupTime and no policyName.
+    item(sql, "sql", "ArchiveDb", parent="sql-vm-01", last_backup=now - 6 * 3600, last_backup_status="Failed")
+
+    share = {"parent": "stfinance01", "source_resource_group": "rg-files", "policy": "FilesDaily"}
+    item(files, "fileshare", "finance", **daily(-5 * 3600), **share)
+    item(files, "fileshare", "projects", **daily(-4 * 3600), **share)
+    item(files, "fileshare", "hr-share", **stale(3), health="ActionRequired", **share)
+    item(files, "fileshare", "archive", first_protected=now - _DAY, **share)
+
+    item(dr, "vm", "vm-dr-01", **daily(-6 * 3600), source_resource_group="rg-dr")
+
+    item(bv, "disk", "disk-web-01-os", policy="disk-daily", **daily(-4 * 3600), **vm_rg)
+    item(bv, "disk", "disk-web-02-os", policy="disk-daily", **daily(-2 * 3600), **vm_rg)
+    item(bv, "disk", "disk-app-01-data", policy="disk-daily", health="ActionRequired", **stale(3), **vm_rg)
+    item(
+        bv,
+        "disk",
+        "disk-legacy-01-os",
+        policy="disk-daily",
+        protection_state="ProtectionStopped",
+        **stale(12),
+    )
+    item(bv, "postgresql", "orders", parent="pg-orders-weu", policy="pg-weekly", **daily(-_DAY / 2))
+    item(bv, "postgresql", "stock", parent="pg-orders-weu", policy="pg-weekly", **daily(-_DAY / 3))
+    item(bv, "aks", "aks-prod-weu", policy="aks-hourly", first_protected=now - 3600)
+
+
 def demo_vaults(estate: Estate) -> list[dict[str, Any]]:
-    """Each vault with the ids of its jobs that exist now (newest first), shaped like config vaults."""
+    """Each Recovery Services vault with the ids of its jobs that exist now (newest first), shaped
+    like config `vaults:` entries."""
     return [
         {
             "subscription_id": subscription_id,
             "resource_group": resource_group,
             "name": name,
+            "type": RECOVERY_SERVICES,
             "jobs": [job.job_id for job in estate.jobs_in(subscription_id, resource_group, name)],
         }
         for subscription_id, resource_group, name in estate.vaults()
     ]
+
+
+def demo_subscriptions(estate: Estate) -> list[str]:
+    """The demo's subscriptions, whose listings find every vault of both kinds."""
+    return estate.subscriptions()
 
 
 def bench_estate(
@@ -157,15 +285,32 @@ def bench_estate(
     now: float | None = None,
     spread: float = 600.0,
     clock: Callable[[], float] = time.time,
+    backup_vaults: int = 0,
+    items_per_vault: int = 0,
 ) -> Estate:
-    """`vaults` x `jobs_per_vault` running jobs that all end within `spread` seconds after `now`."""
+    """`vaults` x `jobs_per_vault` running jobs that all end within `spread` seconds after `now`.
+
+    The last `backup_vaults` of the vaults are Backup vaults (disk and PostgreSQL backups); every
+    vault gets `items_per_vault` protected items. With neither, the estate is the same as before
+    they existed: they draw on their own random streams.
+    """
+    if not 0 <= backup_vaults <= vaults:
+        raise ValueError("backup_vaults must be between 0 and vaults")
     now = clock() if now is None else now
     rng = random.Random(20260201)  # noqa: S311 - reproducible scenario data, not a secret
+    bv_rng = random.Random(20260202)  # noqa: S311
     estate = Estate(clock)
     subscriptions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(4)]
     for v in range(vaults):
         subscription_id = subscriptions[v % len(subscriptions)]
         resource_group = f"rg-bench-{v % 20:02d}"
+        if v >= vaults - backup_vaults:
+            vault = f"bvault-bench-{v:04d}"
+            estate.add_vault(subscription_id, resource_group, vault, kind=BACKUP_VAULT)
+            _bench_backup_vault_jobs(
+                estate, bv_rng, (subscription_id, resource_group, vault), jobs_per_vault, now, spread
+            )
+            continue
         vault = f"vault-bench-{v:04d}"
         estate.add_vault(subscription_id, resource_group, vault)
         for j in range(jobs_per_vault):
@@ -213,4 +358,75 @@ def bench_estate(
                     container_name=container,
                 )
             )
+    if items_per_vault:
+        _bench_items(estate, items_per_vault, now)
     return estate
+
+
+def _outcome(roll: float) -> str:
+    if roll < 0.85:
+        return "Completed"
+    return "Failed" if roll < 0.97 else "Cancelled"
+
+
+def _bench_backup_vault_jobs(
+    estate: Estate,
+    rng: random.Random,
+    vault: tuple[str, str, str],
+    jobs: int,
+    now: float,
+    spread: float,
+) -> None:
+    for j in range(jobs):
+        start = now - rng.uniform(30.0, 3600.0)
+        end = now + rng.uniform(0.0, spread)
+        outcome = _outcome(rng.random())
+        if rng.random() < 0.7:
+            job_type, name, server, entity = _DISK[0], f"disk-{j:02d}", "", f"disk-{j:02d}"
+        else:
+            job_type, name, server = _PG[0], f"db{j:02d}", f"pg-{vault[2][-4:]}"
+            entity = f"{server}\\{name}"
+        estate.add(
+            SimJob(
+                *vault,
+                job_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                job_type=job_type,
+                operation="Backup",
+                entity=entity,
+                backup_management_type="",
+                start=start,
+                duration=end - start,
+                outcome=outcome,
+                size_mb=rng.randint(100, 50_000),
+                vault_kind=BACKUP_VAULT,
+                policy_name="bench-daily",
+                datasource_name=name,
+                datasource_set=server,
+            )
+        )
+
+
+def _bench_items(estate: Estate, per_vault: int, now: float) -> None:
+    """`per_vault` items in every vault: mostly backed up within the day, a few stale, never backed
+    up or stopped."""
+    rng = random.Random(20260203)  # noqa: S311 - reproducible scenario data, not a secret
+    for info in estate.all_vaults():
+        kinds = ("vm", "sql", "fileshare") if info.kind == RECOVERY_SERVICES else ("disk", "postgresql")
+        for i in range(per_vault):
+            kind = kinds[i % len(kinds)]
+            roll = rng.random()
+            last = now - rng.uniform(60.0, _DAY) - (3 * _DAY if roll < 0.05 else 0.0)
+            points = () if 0.05 <= roll < 0.08 else (last - _DAY, last)
+            estate.add_item(
+                SimItem(
+                    info.subscription_id,
+                    info.resource_group,
+                    info.name,
+                    kind=kind,
+                    name=f"{kind}-{i:02d}",
+                    parent="" if kind in ("vm", "disk") else f"{kind}-host-{i // 10}",
+                    recovery_points=points,
+                    protection_state="ProtectionStopped" if 0.08 <= roll < 0.1 else "",
+                    first_protected=now - 30 * _DAY,
+                )
+            )

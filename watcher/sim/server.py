@@ -1,18 +1,36 @@
 """An HTTP(S) server that answers like Azure Resource Manager in front of Azure Backup.
 
 Routes (ARM paths are case-insensitive; `{vault}` is
-`/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{v}`):
+`/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{v}`, `{bv}`
+`/subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.DataProtection/backupVaults/{v}`, `{loc}`
+`/subscriptions/{s}/providers/Microsoft.DataProtection/locations/{region}`):
 
+    GET  /subscriptions/{s}[/resourceGroups/{rg}]/providers/Microsoft.RecoveryServices/vaults
+    GET  /subscriptions/{s}[/resourceGroups/{rg}]/providers/Microsoft.DataProtection/backupVaults
+                                                               vault listings, paged
+    GET  {vault}, {bv}                                         the vault
     GET  {vault}/backupJobs[?$filter=...&$skiptoken=...]       paged list, newest first
     GET  {vault}/backupJobs/{job}                              one job with extendedInfo
     POST {vault}/backupJobs/{job}/cancel                       202, the job goes Cancelling
     POST {vault}/backupFabrics/{f}/protectionContainers/{c}/protectedItems/{i}/backup   202
     GET  .../operationsStatus/{op}, {vault}/backupOperations/{op}                      status
     GET  .../operationResults/{op}, {vault}/backupOperationResults/{op}                202 / 204
+    GET  {vault}/backupProtectedItems[?$filter=backupManagementType eq '..' and itemType eq '..']
+    GET  {bv}/backupJobs                                       paged, oldest first, 14 days back
+    GET  {bv}/backupJobs/{job}                                 one job with extendedInfo
+    GET  {bv}/backupInstances, {bv}/backupInstances/{bi}       backup instances
+    GET  {bv}/backupInstances/{bi}/recoveryPoints[?$filter=startDate eq '..' and endDate eq '..']
+    POST {bv}/backupInstances/{bi}/backup                      202
+    GET  {bv}/operationStatus/{op}, {loc}/operationStatus/{op} status
+    GET  {loc}/operationResults/{op}                           202, then 200 with the job's id
 
-Checks run in ARM's order: a missing api-version (400), the bearer token (401), an unsupported api-
-version (400), the subscription's throttling budget (429), then the resource (404). Every answer
-carries `x-ms-request-id` and `x-ms-ratelimit-remaining-subscription-resource-requests`.
+Checks run in ARM's order: a missing api-version (400), the bearer token (401), an api-version the
+resource type does not take (400), the subscription's throttling budget (429), then the
+subscription, resource group and resource (404). Every answer carries `x-ms-request-id` and
+`x-ms-ratelimit-remaining-subscription-resource-requests`.
+
+A Backup vault's job listing takes no `$filter`; one sent is refused with a 400 (what the service
+does with it was never recorded), so a client is proven not to rely on it.
 
 Scripted trouble: `inject()` replaces the next matching answers (any status, body and headers;
 status 0 drops the connection; `delay` holds the answer back), `set_rate_limit()` turns on a per-
@@ -26,7 +44,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import json
 import math
 import re
 import ssl
@@ -42,70 +59,41 @@ from urllib.parse import quote_plus, urlencode
 
 from aiohttp import web
 
-from watcher.sim.bodies import arm_error, job_body, operation_body
-from watcher.sim.estate import Estate, SimJob, sort_key
-from watcher.sim.filters import FilterError, parse_filter
+from watcher.sim import dataprotection as dpp
+from watcher.sim.arm import (
+    JSON_CONTENT_TYPE,
+    ArmError,
+    Target,
+    arm_error,
+    json_response,
+    make_token,
+    page,
+    read_token,
+)
+from watcher.sim.bodies import job_body, operation_body
+from watcher.sim.estate import (
+    BACKUP_VAULT,
+    BACKUP_VAULT_LIST_DAYS,
+    RECOVERY_SERVICES,
+    Estate,
+    SimItem,
+    SimJob,
+    SimOperation,
+    SimVault,
+    sort_key,
+)
+from watcher.sim.filters import FilterError, parse_filter, parse_item_filter, parse_point_window
+from watcher.sim.formats import ticks
+from watcher.sim.inventory import item_type, management_type, protected_item_body, vault_body
 
 SIM_TOKEN = "sim-token"  # noqa: S105 - the simulator's fixed bearer token, not a secret
 
-# Stable api-versions of the Backup resource provider, newest first, plus the preview its
-# Azure-AsyncOperation URLs name.
-SUPPORTED_API_VERSIONS = (
-    "2026-10-01",
-    "2026-02-01",
-    "2026-01-01",
-    "2025-08-01",
-    "2025-02-01",
-    "2025-01-01",
-    "2024-10-01",
-    "2024-04-01",
-    "2024-02-01",
-    "2024-01-01",
-    "2023-08-01",
-    "2023-06-01",
-    "2023-04-01",
-    "2023-02-01",
-    "2023-01-01",
-    "2022-10-01",
-    "2022-04-01",
-    "2022-03-01",
-    "2022-02-01",
-    "2022-01-01",
-    "2021-12-01",
-    "2021-10-01",
-    "2021-08-01",
-    "2021-07-01",
-    "2021-06-01",
-    "2021-04-01",
-    "2021-03-01",
-    "2021-02-01",
-    "2021-01-01",
-    "2020-12-01",
-    "2020-10-01",
-    "2020-02-02",
-    "2019-06-15",
-    "2019-05-13-preview",
-    "2019-05-13",
-    "2017-07-01",
-    "2016-12-01",
-    "2016-08-10",
-    "2016-06-01",
-)
-_SUPPORTED = frozenset(SUPPORTED_API_VERSIONS)
 # Older api-versions that real follow-up URLs name, unlike the request that led to them.
 _TRIGGER_STATUS_API_VERSION = "2019-05-13"
 _CANCEL_STATUS_API_VERSION = "2019-05-13-preview"
 _NEXT_LINK_API_VERSION = "2017-07-01"
 
-_JSON = "application/json; charset=utf-8"
 _REMAINING = "x-ms-ratelimit-remaining-subscription-resource-requests"
-_VAULT_WORDS = [
-    "subscriptions",
-    "resourcegroups",
-    "providers",
-    "microsoft.recoveryservices",
-    "vaults",
-]
 _ACTOR = "5a0b3c9e-7d41-4f2a-8e6b-1c9d2f4a7b30"
 # .NET DateTime.MaxValue.Ticks: continuation row keys count down from it, as the service's do.
 _MAX_TICKS = 3_155_378_975_999_999_999
@@ -137,17 +125,6 @@ class _Fault:
     headers: dict[str, str]
     times: int
     delay: float
-
-
-class _ArmError(Exception):
-    """An answer in ARM's error envelope."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 @dataclass(slots=True)
@@ -341,32 +318,33 @@ class Simulator:
             headers[_REMAINING] = str(self._remaining(subscription))
             return self._fault_response(fault, request, headers)
         query = {k.lower(): v for k, v in request.query.items()}
+        target = Target.parse(segments)
         try:
             try:
-                api_version = self._check_request(request, query)
+                api_version = self._check_request(request, query, target.api_versions)
                 self._throttle(request, subscription, headers)
             finally:
                 headers.setdefault(_REMAINING, str(self._remaining(subscription)))
-            return self._route(request, segments, query, api_version, headers)
-        except _ArmError as e:
+            return self._route(request, target, segments, query, api_version, headers)
+        except ArmError as e:
             headers.update(e.headers)
-            return _json(e.status, arm_error(e.code, e.message), headers)
+            return json_response(e.status, arm_error(e.code, e.message), headers)
 
-    def _check_request(self, request: web.Request, query: dict[str, str]) -> str:
+    def _check_request(self, request: web.Request, query: dict[str, str], supported: tuple[str, ...]) -> str:
         api_version = query.get("api-version")
         if not api_version:
-            raise _ArmError(
+            raise ArmError(
                 400,
                 "MissingApiVersionParameter",
                 "The api-version query parameter (?api-version=) is required for all requests.",
             )
         self._check_token(request)
-        if api_version not in _SUPPORTED:
-            raise _ArmError(
+        if api_version not in supported:
+            raise ArmError(
                 400,
                 "InvalidApiVersionParameter",
                 f"The api-version '{api_version}' is invalid. The supported versions are "
-                f"'{','.join(SUPPORTED_API_VERSIONS)}'. Please see https://aka.ms/api-version for "
+                f"'{','.join(supported)}'. Please see https://aka.ms/api-version for "
                 "more information.",
             )
         return api_version
@@ -403,7 +381,7 @@ class Simulator:
         if not bucket.take():
             wait = bucket.wait_seconds()
             kind = "read" if request.method in ("GET", "HEAD") else "write"
-            raise _ArmError(
+            raise ArmError(
                 429,
                 "SubscriptionRequestsThrottled",
                 f"Number of '{kind}' requests for subscription '{subscription}' actor '{_ACTOR}' "
@@ -448,33 +426,52 @@ class Simulator:
             return web.Response(status=fault.status, headers=headers)
         if isinstance(body, str | bytes):
             raw = body.encode() if isinstance(body, str) else body
-            return web.Response(status=fault.status, body=raw, headers={**headers, "Content-Type": _JSON})
-        return _json(fault.status, body, headers)
+            return web.Response(
+                status=fault.status, body=raw, headers={**headers, "Content-Type": JSON_CONTENT_TYPE}
+            )
+        return json_response(fault.status, body, headers)
 
     # -- resources --------------------------------------------------------------------------
 
     def _route(
         self,
         request: web.Request,
+        target: Target,
         segments: list[str],
         query: dict[str, str],
         api_version: str,
         headers: dict[str, str],
     ) -> web.Response:
-        if len(segments) < 9 or [segments[i].lower() for i in (1, 3, 5, 6, 7)] != _VAULT_WORDS:
-            raise _ArmError(404, "NotFound", f"The requested path '{request.path}' was not found.")
-        vault = _VaultRef.from_request(request, segments)
-        if not self.estate.has_vault(vault.subscription_id, vault.resource_group, vault.name):
-            raise _ArmError(
+        if not target.route:
+            raise ArmError(404, "NotFound", f"The requested path '{request.path}' was not found.")
+        sub, group = target.subscription_id, target.resource_group
+        if not self.estate.has_subscription(sub):
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{sub}' could not be found.")
+        if group and not self.estate.has_resource_group(sub, group):
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
+        if target.route == "vaults":
+            return self._list_vaults(request, target, query, api_version, headers)
+        if target.route == "location":
+            return self._location_operation(request, target, api_version, headers)
+        vault = _VaultRef.from_request(request, segments, target.kind)
+        info = self.estate.vault(sub, group, target.name, kind=target.kind)
+        if info is None:
+            raise ArmError(
                 404,
                 "ResourceNotFound",
-                f"The Resource 'Microsoft.RecoveryServices/vaults/{vault.name}' under resource "
+                f"The Resource '{_RESOURCE_TYPES[target.kind]}/{vault.name}' under resource "
                 f"group '{vault.resource_group}' was not found. For more details please go to "
                 "https://aka.ms/ARMResourceNotFoundFix",
             )
-        rest = segments[9:]
+        rest = list(target.rest)
+        if target.kind == BACKUP_VAULT:
+            return self._backup_vault(request, vault, info, rest, query, api_version, headers)
         words = [s.lower() for s in rest]
-        match _route_name(request.method, words):
+        match _route_name(request.method, words, _RS_ROUTES):
+            case "vault":
+                return json_response(200, vault_body(info), headers)
+            case "items":
+                return self._list_items(request, vault, info, query, api_version, headers)
             case "list":
                 return self._list_jobs(vault, query, headers)
             case "job":
@@ -487,20 +484,259 @@ class Simulator:
                 return self._operation_status(vault, rest[-1], headers)
             case "result":
                 return self._operation_result(request, vault, rest[-1], headers)
-        kind = "/".join(["vaults", *words[:1]])
-        raise _ArmError(
-            404,
-            "InvalidResourceType",
-            f"The resource type '{kind}' could not be found in the namespace "
-            f"'Microsoft.RecoveryServices' for api version '{api_version}'.",
+        raise _invalid_type(RECOVERY_SERVICES, words, api_version)
+
+    def _backup_vault(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        rest: list[str],
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        words = [s.lower() for s in rest]
+        now = self.estate.clock()
+        match _route_name(request.method, words, _BV_ROUTES):
+            case "vault":
+                return json_response(200, vault_body(info, listed=False), headers)
+            case "list":
+                return self._list_backup_vault_jobs(request, vault, info, query, api_version, headers)
+            case "job":
+                job = self._find_job(vault, rest[1])
+                status = self.estate.status_of(job, now)
+                return json_response(200, dpp.job_body(job, status, info, listed=False), headers)
+            case "instances":
+                return self._list_instances(request, vault, info, query, api_version, headers)
+            case "instance":
+                return json_response(200, dpp.instance_body(self._find_item(vault, rest[1]), info), headers)
+            case "points":
+                return self._list_points(request, vault, info, rest[1], query, api_version, headers)
+            case "backup":
+                return self._trigger_instance_backup(request, vault, info, rest[1], api_version, headers)
+            case "status":
+                op = self.estate.operation(
+                    vault.subscription_id, vault.resource_group, vault.name, rest[1], kind=BACKUP_VAULT
+                )
+                if op is None:
+                    raise _operation_not_found(rest[1])
+                op_path = f"{dpp.vault_path(info)}/operationStatus/{op.operation_id}"
+                body = dpp.operation_body(op, now, op_path, _job_path(info, op))
+                return json_response(200, body, headers)
+        raise _invalid_type(BACKUP_VAULT, words, api_version)
+
+    # -- listings of the estate ---------------------------------------------------------------
+
+    def _list_vaults(
+        self,
+        request: web.Request,
+        target: Target,
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        vaults = self.estate.all_vaults(
+            target.subscription_id, resource_group=target.resource_group or None, kind=target.kind
         )
+        rows, token = page(
+            sorted(vaults, key=_vault_position), _vault_position, query.get("$skiptoken"), self.page_size
+        )
+        body: dict[str, Any] = {"value": [vault_body(v) for v in rows]}
+        if token is not None:
+            body["nextLink"] = _next_link(request, api_version, token)
+        return json_response(200, body, headers)
+
+    def _list_items(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        filter_text = query.get("$filter")
+        try:
+            wanted = parse_item_filter(filter_text)
+        except FilterError as e:
+            raise ArmError(400, "BMSUserErrorInvalidFilter", f"The $filter is invalid: {e}.") from e
+        now = self.estate.clock()
+        items = [
+            item
+            for item in self.estate.items_in(vault.subscription_id, vault.resource_group, vault.name, now=now)
+            if wanted.backup_management_type in (None, management_type(item).lower())
+            and wanted.item_type in (None, item_type(item).lower())
+        ]
+        rows, token = page(
+            sorted(items, key=_item_position), _item_position, query.get("$skiptoken"), self.page_size
+        )
+        body: dict[str, Any] = {"value": [protected_item_body(item, info, now) for item in rows]}
+        if token is not None:
+            extra = [("$filter", filter_text)] if filter_text else []
+            body["nextLink"] = _next_link(request, api_version, token, extra)
+        return json_response(200, body, headers)
+
+    # -- Backup vaults ------------------------------------------------------------------------
+
+    def _list_backup_vault_jobs(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        if "$filter" in query:
+            raise ArmError(
+                400,
+                "BadRequest",
+                "The query parameter '$filter' is not supported when listing the backupJobs of a "
+                "Backup vault.",
+            )
+        token = query.get("$skiptoken")
+        now = self.estate.clock()
+        jobs, more = self.estate.oldest_first(
+            vault.subscription_id,
+            vault.resource_group,
+            vault.name,
+            since=now - BACKUP_VAULT_LIST_DAYS * 86400.0,
+            after=_read_job_token(token) if token else None,
+            limit=self.page_size,
+            now=now,
+        )
+        value = [dpp.job_body(job, self.estate.status_of(job, now), info, listed=True) for job in jobs]
+        # The service writes `"nextLink": null` on the last page.
+        next_link = _next_link(request, api_version, _job_token(jobs[-1])) if more else None
+        return json_response(200, {"value": value, "nextLink": next_link}, headers)
+
+    def _list_instances(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        items = self.estate.items_in(
+            vault.subscription_id, vault.resource_group, vault.name, kind=BACKUP_VAULT
+        )
+        rows, token = page(
+            sorted(items, key=_item_position), _item_position, query.get("$skiptoken"), self.page_size
+        )
+        body: dict[str, Any] = {"value": [dpp.instance_body(item, info) for item in rows]}
+        if token is not None:
+            body["nextLink"] = _next_link(request, api_version, token)
+        return json_response(200, body, headers)
+
+    def _list_points(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        instance: str,
+        query: dict[str, str],
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        item = self._find_item(vault, instance)
+        filter_text = query.get("$filter")
+        try:
+            start, end = parse_point_window(filter_text)
+        except FilterError as e:
+            raise ArmError(400, "BadRequest", f"The $filter is invalid: {e}.") from e
+        points = item.points(self.estate.clock(), start, end)
+        rows, token = page(points, _point_position, query.get("$skiptoken"), self.page_size)
+        body: dict[str, Any] = {"value": [dpp.recovery_point_body(item, info, t) for t in rows]}
+        if token is not None:
+            extra = [("$filter", filter_text)] if filter_text else []
+            body["nextLink"] = _next_link(request, api_version, token, extra)
+        return json_response(200, body, headers)
+
+    def _trigger_instance_backup(
+        self,
+        request: web.Request,
+        vault: _VaultRef,
+        info: SimVault,
+        instance: str,
+        api_version: str,
+        headers: dict[str, str],
+    ) -> web.Response:
+        self._find_item(vault, instance)
+        op = self.estate.trigger_instance_backup(
+            vault.subscription_id,
+            vault.resource_group,
+            vault.name,
+            instance,
+            operation_seconds=self.operation_seconds,
+        )
+        region = (
+            f"{_origin(request)}/subscriptions/{vault.subscription_id}"
+            f"/providers/Microsoft.DataProtection/locations/{info.location}"
+        )
+        headers["Location"] = f"{region}/operationResults/{op.operation_id}?api-version={api_version}"
+        headers["Retry-After"] = str(self.retry_after)
+        headers["Azure-AsyncOperation"] = (
+            f"{vault.url}/operationStatus/{op.operation_id}?api-version={api_version}"
+        )
+        headers["x-ms-ratelimit-remaining-subscription-writes"] = "799"
+        return web.Response(status=202, headers=headers)
+
+    def _location_operation(
+        self, request: web.Request, target: Target, api_version: str, headers: dict[str, str]
+    ) -> web.Response:
+        location, word, operation_id = target.rest
+        op = self.estate.find_operation(target.subscription_id, operation_id)
+        info = (
+            self.estate.vault(op.subscription_id, op.resource_group, op.vault, kind=BACKUP_VAULT)
+            if op is not None and op.vault_kind == BACKUP_VAULT
+            else None
+        )
+        if op is None or info is None or _region(info.location) != _region(location):
+            raise _operation_not_found(operation_id)
+        now = self.estate.clock()
+        region = (
+            f"/subscriptions/{target.subscription_id}/providers/Microsoft.DataProtection/locations/{location}"
+        )
+        if word == "operationstatus":
+            op_path = f"{region}/operationStatus/{op.operation_id}"
+            return json_response(200, dpp.operation_body(op, now, op_path, _job_path(info, op)), headers)
+        headers["Retry-After"] = str(self.retry_after)
+        headers["Azure-AsyncOperation"] = (
+            f"{_origin(request)}{region}/operationStatus/{op.operation_id}?api-version={api_version}"
+        )
+        status = op.status(now)
+        if status == "Failed":
+            raise ArmError(400, op.error_code, op.error_message)
+        job = _job_path(info, op)
+        if status == "InProgress" or job is None:
+            headers["Location"] = f"{_origin(request)}{request.rel_url.raw_path_qs}"
+            return web.Response(status=202, headers=headers)
+        return json_response(200, dpp.operation_result_body(job), headers)
+
+    def _find_item(self, vault: _VaultRef, name: str) -> SimItem:
+        item = self.estate.item(
+            vault.subscription_id, vault.resource_group, vault.name, name, kind=vault.kind
+        )
+        if item is None:
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{_RESOURCE_TYPES[vault.kind]}/{vault.name}/backupInstances/{name}' "
+                f"under resource group '{vault.resource_group}' was not found.",
+            )
+        return item
+
+    # -- Recovery Services vaults -------------------------------------------------------------
 
     def _list_jobs(self, vault: _VaultRef, query: dict[str, str], headers: dict[str, str]) -> web.Response:
         filter_text = query.get("$filter")
         try:
             job_query = parse_filter(filter_text)
         except FilterError as e:
-            raise _ArmError(400, "BMSUserErrorInvalidFilter", f"The $filter is invalid: {e}.") from e
+            raise ArmError(400, "BMSUserErrorInvalidFilter", f"The $filter is invalid: {e}.") from e
         token = query.get("$skiptoken")
         before = _read_skiptoken(token) if token else None
         now = self.estate.clock()
@@ -520,11 +756,11 @@ class Simulator:
                 params.append(("$filter", filter_text))
             params.append(("$skiptoken", _skiptoken(vault, jobs[-1])))
             body["nextLink"] = f"{vault.url}/backupJobs?{urlencode(params, quote_via=quote_plus)}"
-        return _json(200, body, headers)
+        return json_response(200, body, headers)
 
     def _get_job(self, vault: _VaultRef, job_id: str, headers: dict[str, str]) -> web.Response:
         job = self._find_job(vault, job_id)
-        return _json(200, self._job(job, self.estate.clock(), vault, extended=True), headers)
+        return json_response(200, self._job(job, self.estate.clock(), vault, extended=True), headers)
 
     def _cancel_job(
         self, vault: _VaultRef, job_id: str, api_version: str, headers: dict[str, str]
@@ -533,7 +769,7 @@ class Simulator:
         try:
             op = self.estate.cancel(job)
         except ValueError as e:
-            raise _ArmError(
+            raise ArmError(
                 400,
                 "BMSUserErrorJobNotCancellable",
                 f"Job '{job.job_id}' cannot be cancelled because it is not in progress.",
@@ -576,26 +812,26 @@ class Simulator:
     def _operation_status(self, vault: _VaultRef, operation_id: str, headers: dict[str, str]) -> web.Response:
         op = self.estate.operation(vault.subscription_id, vault.resource_group, vault.name, operation_id)
         if op is None:
-            raise _ArmError(
+            raise ArmError(
                 404,
                 "BMSUserErrorOperationNotFound",
                 f"Operation '{operation_id}' was not found in the vault.",
             )
-        return _json(200, operation_body(op, self.estate.clock()), headers)
+        return json_response(200, operation_body(op, self.estate.clock()), headers)
 
     def _operation_result(
         self, request: web.Request, vault: _VaultRef, operation_id: str, headers: dict[str, str]
     ) -> web.Response:
         op = self.estate.operation(vault.subscription_id, vault.resource_group, vault.name, operation_id)
         if op is None:
-            raise _ArmError(
+            raise ArmError(
                 404,
                 "BMSUserErrorOperationNotFound",
                 f"Operation '{operation_id}' was not found in the vault.",
             )
         status = op.status(self.estate.clock())
         if status == "Failed":
-            raise _ArmError(400, op.error_code, op.error_message)
+            raise ArmError(400, op.error_code, op.error_message)
         if status == "Succeeded":
             return web.Response(status=204, headers=headers)
         raw = request.rel_url.raw_path.rstrip("/").split("/")
@@ -610,11 +846,13 @@ class Simulator:
         return web.Response(status=202, headers=headers)
 
     def _find_job(self, vault: _VaultRef, job_id: str) -> SimJob:
-        job = self.estate.get(vault.subscription_id, vault.resource_group, vault.name, job_id)
+        job = self.estate.get(
+            vault.subscription_id, vault.resource_group, vault.name, job_id, kind=vault.kind
+        )
         if job is None:
-            raise _ArmError(
+            raise ArmError(
                 404,
-                "BMSUserErrorJobNotFound",
+                "BMSUserErrorJobNotFound" if vault.kind == RECOVERY_SERVICES else "ResourceNotFound",
                 f"Job '{job_id}' was not found in vault '{vault.name}'.",
             )
         return job
@@ -633,19 +871,14 @@ class _VaultRef:
     name: str
     subscriptions_word: str
     url: str
+    kind: str
 
     @classmethod
-    def from_request(cls, request: web.Request, segments: list[str]) -> _VaultRef:
+    def from_request(cls, request: web.Request, segments: list[str], kind: str) -> _VaultRef:
         raw = request.rel_url.raw_path.split("/")
         prefix = "/".join(raw[:9]) if len(raw) == len(request.path.split("/")) else "/".join(segments[:9])
         word = "Subscriptions" if segments[1] == "Subscriptions" else "subscriptions"
-        return cls(
-            segments[2],
-            segments[4],
-            segments[8],
-            word,
-            f"{request.scheme}://{request.host}{prefix}",
-        )
+        return cls(segments[2], segments[4], segments[8], word, f"{_origin(request)}{prefix}", kind)
 
 
 def create_app(sim: Simulator) -> web.Application:
@@ -683,8 +916,11 @@ async def start_simulator(
 
 
 # Routes below a vault: (method, lower-case path segments with None for a name, route).
+_Routes = tuple[tuple[str, tuple[str | None, ...], str], ...]
 _ITEM = ("backupfabrics", None, "protectioncontainers", None, "protecteditems", None)
-_ROUTES: tuple[tuple[str, tuple[str | None, ...], str], ...] = (
+_RS_ROUTES: _Routes = (
+    ("GET", (), "vault"),
+    ("GET", ("backupprotecteditems",), "items"),
     ("GET", ("backupjobs",), "list"),
     ("GET", ("backupjobs", None), "job"),
     ("POST", ("backupjobs", None, "cancel"), "cancel"),
@@ -696,10 +932,24 @@ _ROUTES: tuple[tuple[str, tuple[str | None, ...], str], ...] = (
     ("GET", ("backupjobs", None, "operationresults", None), "result"),
     ("GET", (*_ITEM, "operationresults", None), "result"),
 )
+_BV_ROUTES: _Routes = (
+    ("GET", (), "vault"),
+    ("GET", ("backupjobs",), "list"),
+    ("GET", ("backupjobs", None), "job"),
+    ("GET", ("backupinstances",), "instances"),
+    ("GET", ("backupinstances", None), "instance"),
+    ("GET", ("backupinstances", None, "recoverypoints"), "points"),
+    ("POST", ("backupinstances", None, "backup"), "backup"),
+    ("GET", ("operationstatus", None), "status"),
+)
+_RESOURCE_TYPES = {
+    RECOVERY_SERVICES: "Microsoft.RecoveryServices/vaults",
+    BACKUP_VAULT: "Microsoft.DataProtection/backupVaults",
+}
 
 
-def _route_name(method: str, words: list[str]) -> str | None:
-    for route_method, pattern, name in _ROUTES:
+def _route_name(method: str, words: list[str], routes: _Routes) -> str | None:
+    for route_method, pattern, name in routes:
         if (
             route_method == method
             and len(pattern) == len(words)
@@ -762,6 +1012,68 @@ def _default_error(status: int, path: str) -> tuple[str, str]:
     return _DEFAULT_ERRORS.get(status, fallback)
 
 
+def _invalid_type(kind: str, words: list[str], api_version: str) -> ArmError:
+    namespace, vault_type = _RESOURCE_TYPES[kind].split("/")
+    resource_type = "/".join([vault_type, *words[:1]])
+    return ArmError(
+        404,
+        "InvalidResourceType",
+        f"The resource type '{resource_type}' could not be found in the namespace '{namespace}' for api "
+        f"version '{api_version}'.",
+    )
+
+
+def _operation_not_found(operation_id: str) -> ArmError:
+    return ArmError(404, "ResourceNotFound", f"Operation '{operation_id}' was not found.")
+
+
+def _job_path(vault: SimVault, op: SimOperation) -> str | None:
+    return dpp.job_path(vault, op.job_id) if op.job_id is not None else None
+
+
+def _origin(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _region(location: str) -> str:
+    """A location's canonical form: `West Europe` and `westeurope` are one region."""
+    return location.replace(" ", "").lower()
+
+
+def _next_link(
+    request: web.Request, api_version: str, token: str, extra: list[tuple[str, str]] | None = None
+) -> str:
+    """The URL of the next page of the listing `request` asked for."""
+    params = [("api-version", api_version), *(extra or []), ("$skipToken", token)]
+    return f"{_origin(request)}{request.rel_url.raw_path}?{urlencode(params, quote_via=quote_plus)}"
+
+
+def _vault_position(vault: SimVault) -> str:
+    return f"{vault.resource_group}/{vault.name}".lower()
+
+
+def _item_position(item: SimItem) -> str:
+    return item.arm_name.lower()
+
+
+def _point_position(moment: float) -> str:
+    # Newest first: positions count down from .NET's largest time.
+    return f"{_MAX_TICKS - ticks(moment):020d}"
+
+
+def _job_token(job: SimJob) -> str:
+    """The `$skipToken` of the Backup vault job listing's position after `job`."""
+    start_ticks, job_key = sort_key(job)
+    return make_token(f"{start_ticks:020d}|{job_key}")
+
+
+def _read_job_token(token: str) -> tuple[int, str]:
+    start_ticks, _, job_key = read_token(token).partition("|")
+    if not start_ticks.isdigit() or not job_key:
+        raise ArmError(400, "InvalidSkipToken", "The $skipToken is invalid.")
+    return (int(start_ticks), job_key)
+
+
 def _segments(path: str) -> list[str]:
     parts = path.split("/")
     return parts[:-1] if len(parts) > 1 and parts[-1] == "" else parts
@@ -781,12 +1093,6 @@ def _base_headers() -> dict[str, str]:
     }
 
 
-def _json(status: int, body: Any, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(body).encode(), headers={**headers, "Content-Type": _JSON}
-    )
-
-
 def _challenge(description: str) -> str:
     return (
         'Bearer authorization_uri="https://login.windows.net/", error="invalid_token", '
@@ -794,8 +1100,8 @@ def _challenge(description: str) -> str:
     )
 
 
-def _unauthorized(code: str, message: str, description: str) -> _ArmError:
-    return _ArmError(401, code, message, {"WWW-Authenticate": _challenge(description)})
+def _unauthorized(code: str, message: str, description: str) -> ArmError:
+    return ArmError(401, code, message, {"WWW-Authenticate": _challenge(description)})
 
 
 def _skiptoken(vault: _VaultRef, last: SimJob) -> str:
@@ -831,5 +1137,5 @@ def _read_skiptoken(token: str) -> tuple[int, str]:
         if row is None:
             raise ValueError("unexpected row key")
     except ValueError as e:
-        raise _ArmError(400, "BMSUserErrorInvalidSkipToken", "The $skiptoken is invalid.") from e
+        raise ArmError(400, "BMSUserErrorInvalidSkipToken", "The $skiptoken is invalid.") from e
     return (_MAX_TICKS - int(row.group(1)), row.group(2))
