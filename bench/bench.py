@@ -58,8 +58,9 @@ from prometheus_client import CollectorRegistry
 from bench.simserver import ARM_BURST, ARM_PER_SECOND
 from watcher import __version__
 from watcher.app import Watcher, build_azure
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, VaultRef, parse_job
+from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, Job, VaultRef
 from watcher.azure.ratelimit import SubscriptionLimiter
+from watcher.azure.recoveryservices import parse_job
 from watcher.config import Config, validate_config
 from watcher.logs import configure_logging
 from watcher.metrics import Metrics
@@ -524,12 +525,12 @@ async def timed_gets(
 
 
 async def our_gets(config: Config, jobs: list[SampleJob]) -> GetFigures:
-    """The sample through the watcher's own client (`ArmClient.get_job`: request and parse)."""
+    """The sample through the watcher's own client (`BackupApi.get_job`: request and parse)."""
     azure = build_azure(config, None, SubscriptionLimiter(ARM_BURST, ARM_PER_SECOND))
 
     async def get(job: SampleJob) -> None:
         subscription_id, resource_group, vault, job_id = job
-        await azure.client.get_job(VaultRef(subscription_id, resource_group, vault), job_id)
+        await azure.api.get_job(VaultRef(subscription_id, resource_group, vault), job_id)
 
     try:
         return await timed_gets(jobs, config.poll.concurrency, get)

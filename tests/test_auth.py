@@ -759,7 +759,7 @@ async def arm(sim: Simulator, estate: Estate, clock: FakeClock, tmp_path: Path) 
 async def test_one_401_forces_one_refresh_and_one_retry(arm: AzureSide, sim: Simulator) -> None:
     """After a 401 the token is fetched again once and the request retried once, successfully."""
     sim.inject(401, path_contains="/backupJobs/", times=1)
-    job = await arm.client.get_job(VaultRef(SUB, RG, VAULT), JOB)
+    job = await arm.api.get_job(VaultRef(SUB, RG, VAULT), JOB)
     assert job.status == "InProgress"
     assert arm.tokens.fetches == 2
     assert [r.status for r in sim.requests] == [401, 200]
@@ -772,7 +772,7 @@ async def test_two_401s_become_an_auth_error_after_exactly_one_refresh(
     """A 401 on the retry too is an AuthError (401, reason auth); one refresh, two requests, no third."""
     sim.inject(401, path_contains="/backupJobs/", times=5)
     with pytest.raises(AuthError) as info:
-        await arm.client.get_job(VaultRef(SUB, RG, VAULT), JOB)
+        await arm.api.get_job(VaultRef(SUB, RG, VAULT), JOB)
     assert (info.value.status, info.value.reason, info.value.code) == (
         401,
         "auth",
@@ -786,10 +786,10 @@ async def test_a_rotated_token_is_picked_up_by_the_forced_refresh(
     arm: AzureSide, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When ARM starts refusing the cached token, the refresh reads the new one and the request succeeds."""
-    await arm.client.get_job(VaultRef(SUB, RG, VAULT), JOB)
+    await arm.api.get_job(VaultRef(SUB, RG, VAULT), JOB)
     sim.token = "rotated-token"
     monkeypatch.setenv(TOKEN_ENV, "rotated-token")
-    job = await arm.client.get_job(VaultRef(SUB, RG, VAULT), JOB)
+    job = await arm.api.get_job(VaultRef(SUB, RG, VAULT), JOB)
     assert job.job_id == JOB
     assert [r.status for r in sim.requests] == [200, 401, 200]
     assert sim.requests[-1].headers["authorization"] == "Bearer rotated-token"
@@ -801,7 +801,7 @@ async def test_daemon_reports_auth_failure_and_keeps_the_last_known_state(
     """Refused tokens: poll errors with reason auth, an auth_failed log, and the job stays InProgress."""
     add_job(estate, clock, duration=30)
     config = vault_config(sim, tmp_path)
-    labels = {"subscription_id": SUB, "resource_group": RG, "vault": VAULT, "reason": "auth"}
+    labels = {"subscription_id": SUB, "resource_group": RG, "vault": VAULT, "vault_type": "recovery_services", "reason": "auth"}
     with capture_logs() as logs:
         async with running_watcher(config) as watcher:
             assert watcher.tracker is not None
@@ -853,5 +853,5 @@ async def test_no_token_at_all_is_an_auth_error_without_a_request(
 ) -> None:
     """An empty static_token env var is an AuthError naming the variable; nothing is sent to ARM."""
     with pytest.raises(AuthError, match=TOKEN_ENV):
-        await arm.client.get_job(VaultRef(SUB, RG, VAULT), JOB)
+        await arm.api.get_job(VaultRef(SUB, RG, VAULT), JOB)
     assert sim.requests == []

@@ -24,9 +24,10 @@ from tests import corpus
 from tests.conftest import SUB, FakeClock, make_config, running_watcher, wait_for
 from watcher.app import AzureSide, build_azure
 from watcher.azure.auth import StaticTokenCredential, TokenProvider
-from watcher.azure.client import ArmClient, JobFilter, TlsVerificationError
-from watcher.azure.models import VaultRef
+from watcher.azure.client import ArmClient, TlsVerificationError
+from watcher.azure.models import VaultKind, VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter
+from watcher.azure.recoveryservices import JobFilter, RecoveryServices
 from watcher.config import Config
 from watcher.errors import ApiVersionError, BadResponseError, ConfigError, ForeignHostError, ServerError
 from watcher.sim import SIM_TOKEN, SUPPORTED_API_VERSIONS, Estate, SimJob, Simulator, start_simulator
@@ -61,6 +62,13 @@ def sim_job(clock: FakeClock, job_id: str = JOB, *, ago: float = 60.0, duration:
         start=clock() - ago,
         duration=duration,
     )
+
+
+def rs(side: AzureSide) -> RecoveryServices:
+    """The Recovery Services provider of an Azure side, for what only that provider offers."""
+    provider = side.api.provider(VaultKind.RECOVERY_SERVICES)
+    assert isinstance(provider, RecoveryServices)
+    return provider
 
 
 def config_for(endpoint: str, tmp_path: Path, **azure: Any) -> Config:
@@ -203,7 +211,7 @@ async def test_listing_follows_next_link_verbatim_until_it_is_absent(
     flt = JobFilter(
         start_time=datetime.fromtimestamp(clock() - 7200, UTC), end_time=datetime.fromtimestamp(clock(), UTC)
     )
-    pages = [page async for page in arm.client.list_jobs(REF, flt)]
+    pages = [page async for page in rs(arm).list_jobs(arm.client, REF, flt)]
     assert [len(p.jobs) for p in pages] == [200, 200, 50]
     ids = [job.job_id for page in pages for job in page.jobs]
     assert len(set(ids)) == 450
@@ -232,7 +240,7 @@ async def test_status_filter_is_rendered_as_documented(
     assert rendered is not None
     assert rendered.startswith("startTime eq '2024-04-22 06:51:02 AM' and endTime eq '")
     assert rendered.endswith(" and status eq 'InProgress'")
-    pages = [page async for page in arm.client.list_jobs(REF, flt)]
+    pages = [page async for page in rs(arm).list_jobs(arm.client, REF, flt)]
     assert [job.job_id for page in pages for job in page.jobs] == [JOB]
     assert sim.requests[0].status == 200
 
@@ -242,11 +250,11 @@ async def test_a_single_page_ends_the_listing(
 ) -> None:
     """A page without nextLink (key absent, or null as older versions send) is the last: one request each."""
     estate.add(sim_job(clock))
-    assert [len(p.jobs) async for p in arm.client.list_jobs(REF)] == [1]
+    assert [len(p.jobs) async for p in rs(arm).list_jobs(arm.client, REF)] == [1]
     body = corpus.get_body("recordings/ps-TestGetJobs-2016__01.json")
     body["nextLink"] = None
     sim.inject(200, path_contains="/backupjobs", body=body)
-    pages = [p async for p in arm.client.list_jobs(REF)]
+    pages = [p async for p in rs(arm).list_jobs(arm.client, REF)]
     assert len(pages) == 1
     assert len(sim.requests) == 2
 
@@ -259,7 +267,7 @@ async def test_next_link_to_another_host_is_refused_before_a_token_is_sent(
     foreign = f"{vault_path(bystander.url)}/backupJobs?api-version=2017-07-01&$skiptoken=x"
     sim.inject(200, path_contains="/backupjobs", body={"value": [], "nextLink": foreign})
     with pytest.raises(ForeignHostError, match=r"refusing to follow http://127\.0\.0\.1:\d+") as info:
-        async for _ in arm.client.list_jobs(REF):
+        async for _ in rs(arm).list_jobs(arm.client, REF):
             pass
     assert "skiptoken" not in str(info.value)
     assert bystander.seen == []
@@ -286,7 +294,7 @@ async def test_next_link_is_sent_byte_for_byte(connect: Connect) -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         side = await connect(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        assert [len(p.jobs) async for p in side.client.list_jobs(REF)] == [0, 0]
+        assert [len(p.jobs) async for p in rs(side).list_jobs(side.client, REF)] == [0, 0]
     finally:
         await runner.cleanup()
     assert raw_seen[1] == vault_path() + link_tail
@@ -306,7 +314,7 @@ async def test_operation_from_a_real_202_yields_its_job(arm: AzureSide, sim: Sim
     assert seen[0] == "InProgress"
     assert seen[-1] == "Succeeded"
     (job_id,) = op.job_ids
-    job = await arm.client.get_job(REF, job_id)
+    job = await arm.api.get_job(REF, job_id)
     assert job.entity == "vm-web-01"
 
 
@@ -315,7 +323,7 @@ async def test_backup_operations_url_and_location_url_lead_to_the_job(arm: Azure
     headers = await trigger_backup(sim)
     operation_id = headers["Azure-AsyncOperation"].split("/operationsStatus/")[1].split("?")[0]
     by_vault = await arm.client.wait_operation(
-        arm.client.backup_operation_url(REF, operation_id), interval=0.1
+        rs(arm).backup_operation_url(arm.client, REF, operation_id), interval=0.1
     )
     assert by_vault.status == "Succeeded"
     assert len(by_vault.job_ids) == 1
@@ -445,7 +453,7 @@ async def test_rejected_api_version_names_the_supported_ones(
     estate.add(sim_job(clock))
     side = await connect(sim.url, api_version="2099-01-01")
     with pytest.raises(ApiVersionError) as info:
-        await side.client.get_job(REF, JOB)
+        await side.api.get_job(REF, JOB)
     error = info.value
     assert (error.status, error.code, error.reason) == (400, "InvalidApiVersionParameter", "bad_response")
     assert error.supported == list(SUPPORTED_API_VERSIONS)
@@ -467,7 +475,7 @@ async def test_no_registered_provider_names_the_supported_versions(arm: AzureSid
         body={"error": {"code": "NoRegisteredProviderFound", "message": message}},
     )
     with pytest.raises(ApiVersionError) as info:
-        await arm.client.get_job(REF, JOB)
+        await arm.api.get_job(REF, JOB)
     assert info.value.supported == ["2016-06-01", "2020-02-02", "2025-02-01"]
     assert "it supports: 2016-06-01, 2020-02-02, 2025-02-01" in str(info.value)
 
@@ -499,10 +507,10 @@ async def test_ca_bundle_lets_tls_to_a_private_ca_work_and_its_absence_fails_fas
         assert tls_sim.url.startswith("https://")
         assert tls_sim.ca_file
         trusted = await connect(tls_sim.url, ca_bundle=tls_sim.ca_file)
-        assert (await trusted.client.get_job(REF, JOB)).job_id == JOB
+        assert (await trusted.api.get_job(REF, JOB)).job_id == JOB
         untrusted = await connect(tls_sim.url)
         with pytest.raises(TlsVerificationError) as info:
-            await untrusted.client.get_job(REF, JOB)
+            await untrusted.api.get_job(REF, JOB)
         assert info.value.reason == "connection"
         assert "ca_bundle" in str(info.value)
         assert "certificate verify failed" in str(info.value)
@@ -521,7 +529,6 @@ async def test_plain_http_endpoint_must_be_loopback() -> None:
                     session=session,
                     tokens=TokenProvider(StaticTokenCredential("UNUSED"), "scope"),
                     endpoint=endpoint,
-                    api_version="2025-02-01",
                     limiter=SubscriptionLimiter(),
                     backoff=Backoff(0.01, 0.1),
                 )
@@ -535,7 +542,6 @@ async def test_plain_http_endpoint_must_be_loopback() -> None:
                 session=session,
                 tokens=TokenProvider(StaticTokenCredential("UNUSED"), "scope"),
                 endpoint=endpoint,
-                api_version="2025-02-01",
                 limiter=SubscriptionLimiter(),
                 backoff=Backoff(0.01, 0.1),
             ).check_host(endpoint + "/subscriptions/x")
@@ -545,7 +551,7 @@ async def test_server_errors_are_retried_then_typed(arm: AzureSide, sim: Simulat
     """Four 503s in a row: four attempts with backoff between them, then a ServerError."""
     sim.inject(503, path_contains="/backupjobs/", times=4)
     with pytest.raises(ServerError):
-        await arm.client.get_job(REF, JOB)
+        await arm.api.get_job(REF, JOB)
     assert len(sim.requests) == 4
     assert len(sleeps.delays) == 3
 
@@ -558,7 +564,7 @@ async def test_shutdown_during_a_retry_wait_sends_nothing_more(
     side = build_azure(config_for(sim.url, tmp_path), None, SubscriptionLimiter())
     try:
         sim.inject(503, path_contains="/backupjobs/", headers={"Retry-After": "20"})
-        request = asyncio.create_task(side.client.get_job(REF, JOB))
+        request = asyncio.create_task(side.api.get_job(REF, JOB))
         await wait_for(lambda: len(sim.requests) == 1 and side.client.busy == 1)
         side.client.stopping.set()
         with pytest.raises(ServerError):
@@ -584,7 +590,7 @@ async def test_a_body_nested_a_hundred_thousand_levels_is_a_bad_response(connect
         port = runner.addresses[0][1]
         side = await connect(f"http://127.0.0.1:{port}")
         with pytest.raises(BadResponseError) as info:
-            await side.client.get_job(REF, JOB)
+            await side.api.get_job(REF, JOB)
         assert info.value.reason == "bad_response"
     finally:
         await runner.cleanup()

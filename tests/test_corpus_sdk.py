@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests import corpus
-from watcher.azure.models import parse_job
+from watcher.azure.recoveryservices import parse_job
 
 # msrest-era SDKs (< 11) have no `models` package at the top (only activestamp/passivestamp).
 sdk_models = pytest.importorskip(

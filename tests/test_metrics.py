@@ -33,7 +33,7 @@ README = ROOT / "README.md"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 RG = "rg-metrics"
-VAULT_LABELS = frozenset({"subscription_id", "resource_group", "vault"})
+VAULT_LABELS = frozenset({"subscription_id", "resource_group", "vault", "vault_type"})
 ITEM_LABELS = VAULT_LABELS | {"entity", "operation"}
 
 # The contract's metric table (README.md and docs/metrics.md, "Metrics"): name -> (type, label names).

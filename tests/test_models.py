@@ -32,12 +32,11 @@ from watcher.azure.models import (
     normalise_operation,
     normalise_status,
     parse_duration,
-    parse_job,
-    parse_job_page,
     parse_operation,
     parse_size,
     parse_time,
 )
+from watcher.azure.recoveryservices import parse_job, parse_job_page
 from watcher.errors import BadResponseError
 
 MB = 1024 * 1024
@@ -895,7 +894,6 @@ def test_parse_job_bounds_every_label_field() -> None:
     [
         ("completed", "Completed"),
         (" InProgress ", "InProgress"),
-        ("canceled", "Cancelled"),
         ("Paused", "Paused"),
         ("", "Unknown"),
         (None, "Unknown"),
@@ -964,7 +962,7 @@ def test_operation_keeps_the_first_distinct_job_ids_up_to_the_bound() -> None:
 
 
 def test_operation_texts_are_bounded() -> None:
-    """An operation's unknown status, id and job ids become labels and its error texts are cut to 4096."""
+    """An operation's unknown status and id become labels; its job ids (ARM ids) and error texts are cut to 4096."""
     long = "z" * 10_000
     op = parse_operation(
         {
@@ -975,8 +973,8 @@ def test_operation_texts_are_bounded() -> None:
         }
     )
     label = bounded_label(long)
-    assert (op.operation_id, op.status, op.job_ids) == (label, label, (label,))
-    assert {len(t or "") for t in (op.object_type, op.error_code, op.error_message)} == {MAX_TEXT_CHARS}
+    assert (op.operation_id, op.status) == (label, label)
+    assert {len(t or "") for t in (op.object_type, op.error_code, op.error_message, *op.job_ids)} == {MAX_TEXT_CHARS}
 
 
 # ------------------------------------------------------------------------------------------
@@ -1232,12 +1230,12 @@ def test_vault_ref_key_ignores_case() -> None:
         "",
         "garbage",
         "/subscriptions/s/resourceGroups/rg",
-        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.DataProtection/backupVaults/v/backupJobs/j",
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.DataProtection/vaults/v/backupJobs/j",
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServicesBVTD/vaults/v/backupJobs/j",
         "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults",
     ],
 )
 def test_vault_ref_rejects_other_ids(arm_id: str) -> None:
-    """Ids that do not name a Microsoft.RecoveryServices vault raise ValueError."""
-    with pytest.raises(ValueError, match="not a Recovery Services vault id"):
+    """Ids that do not name a Recovery Services vault or a Backup vault raise ValueError."""
+    with pytest.raises(ValueError, match="not the id of a Recovery Services vault or a Backup vault"):
         VaultRef.from_arm_id(arm_id)

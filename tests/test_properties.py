@@ -30,12 +30,11 @@ from watcher.azure.models import (
     normalise_operation,
     normalise_status,
     parse_duration,
-    parse_job,
-    parse_job_page,
     parse_operation,
     parse_size,
     parse_time,
 )
+from watcher.azure.recoveryservices import parse_job, parse_job_page
 from watcher.errors import BadResponseError
 
 T = TypeVar("T")
@@ -395,10 +394,11 @@ def check_operation(op: OperationStatus) -> None:
     assert isinstance(op, OperationStatus)
     assert label(op.status)
     assert op.status
-    assert label(op.operation_id)
+    assert label(op.operation_id) or op.operation_id == ""
     assert len(op.job_ids) <= MAX_ITEMS
     assert len(set(op.job_ids)) == len(op.job_ids)
-    assert all(label(j) and j for j in op.job_ids)
+    # A Backup vault names its job by full ARM id: job ids are free texts, not labels.
+    assert all(free_text(j) and j for j in op.job_ids)
     for text in (op.object_type, op.error_code, op.error_message):
         assert text is None or free_text(text)
     assert instant(op.start_time)

@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from tests import corpus
 from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
-from watcher.app import build_azure, owned_vaults
+from watcher.app import build_azure
 from watcher.azure.client import ArmClient
 from watcher.azure.models import VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter, retry_after_seconds
@@ -84,7 +84,6 @@ async def parts(
     """Store, tracker, client and scheduler for a config (on `clock`, if given), without HTTP or the loop."""
     store = Store.open(config.store.path)
     tracker = Tracker(store, clock=clock or time.time)
-    tracker.set_vaults(owned_vaults(config, None))
     azure = build_azure(
         config, None, SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second)
     )
@@ -151,9 +150,9 @@ async def test_client_retries_with_retry_after_and_no_real_sleep(
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    async with parts(config) as (_scheduler, _tracker, client):
+    async with parts(config) as (scheduler, _tracker, client):
         client.sleep = fake_sleep
-        got = await client.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
+        got = await scheduler.api.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
     assert got.status == "InProgress"
     assert len(slept) == 2
     assert all(s >= 3.0 for s in slept)
@@ -170,10 +169,10 @@ async def test_client_gives_up_after_its_attempts(
     async def no_sleep(_seconds: float) -> None:
         return None
 
-    async with parts(config) as (_s, _t, client):
+    async with parts(config) as (scheduler, _t, client):
         client.sleep = no_sleep
         with pytest.raises(ServerError):
-            await client.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
+            await scheduler.api.get_job(VaultRef(SUB, RG, "vault-a"), job.job_id)
     gets = [r for r in sim.requests if job.job_id in r.path]
     assert len(gets) == client.attempts
 

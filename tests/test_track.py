@@ -290,7 +290,7 @@ async def test_usage_and_config_errors_exit_2(
         ),
         "not a vault id": (
             ["--config", config_file, "--vault-id", "/subscriptions/x/resourceGroups/rg", "--job-id", job],
-            "error: --vault-id: not a Recovery Services vault id",
+            "error: --vault-id: not the id of a Recovery Services vault or a Backup vault",
         ),
         "foreign operation": (
             ["--config", config_file, "--operation-url", op],

@@ -17,39 +17,19 @@ from prometheus_client import CollectorRegistry
 
 from watcher import __version__
 from watcher.azure.auth import CLOUDS, TokenProvider, build_credential, management_endpoint
+from watcher.azure.backup import BackupApi
 from watcher.azure.client import ArmClient
-from watcher.azure.models import VaultRef
 from watcher.azure.ratelimit import Backoff, SubscriptionLimiter
 from watcher.config import Config, apply_env_overrides, load_config, parse_listen
 from watcher.errors import ConfigError, WatcherError
 from watcher.logs import configure_logging, get_logger
 from watcher.metrics import Metrics
 from watcher.scheduler import Scheduler
-from watcher.sharding import shard_of
-from watcher.state import Tracker, VaultState
+from watcher.state import Tracker
 from watcher.store import Store
 from watcher.web import create_app
 
 log = get_logger("backup_watcher")
-
-
-def owned_vaults(config: Config, shard: tuple[int, int] | None) -> list[VaultState]:
-    """The configured vaults this replica polls."""
-    out = []
-    for vault in config.vaults:
-        if (
-            shard is not None
-            and shard_of(vault.subscription_id, vault.resource_group, vault.name, shard[1]) != shard[0]
-        ):
-            continue
-        out.append(
-            VaultState(
-                ref=VaultRef(vault.subscription_id, vault.resource_group, vault.name),
-                discover=config.discovers(vault),
-                configured_jobs=tuple(vault.jobs),
-            )
-        )
-    return out
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -68,6 +48,7 @@ class AzureSide:
     session: aiohttp.ClientSession
     tokens: TokenProvider
     client: ArmClient
+    api: BackupApi
 
     async def close(self) -> None:
         await self.session.close()
@@ -105,12 +86,11 @@ def build_azure(
         session=session,
         tokens=tokens,
         endpoint=management_endpoint(config.azure),
-        api_version=config.azure.api_version,
         limiter=limiter,
         observer=metrics,
         **client_settings(config, daemon=daemon),
     )
-    return AzureSide(session, tokens, client)
+    return AzureSide(session, tokens, client, BackupApi.for_config(client, config))
 
 
 @dataclass
@@ -150,10 +130,11 @@ class Watcher:
         self.store = Store.open(self.config.store.path)
         try:
             self.tracker = Tracker(self.store, clock=self.clock)
-            self.tracker.set_vaults(owned_vaults(self.config, self.shard))
             self.metrics.watch(self.tracker.snapshot)
             self.azure = build_azure(self.config, self.metrics, self.limiter, daemon=True)
-            self.scheduler = Scheduler(self.tracker, self.azure.client, self.config, clock=self.clock)
+            self.scheduler = Scheduler(
+                self.tracker, self.azure.client, self.config, shard=self.shard, clock=self.clock
+            )
             await self._serve()
         except BaseException:
             await self.close()
@@ -163,6 +144,7 @@ class Watcher:
             "watcher_started",
             version=__version__,
             vaults=len(self.tracker.vaults),
+            subscriptions=len(self.config.subscriptions),
             jobs=len(self.tracker.jobs),
             listen=f"{self.listen_host}:{self.port}",
             endpoint=self.azure.client.endpoint,
@@ -284,8 +266,7 @@ class Watcher:
         else:
             self.azure.client.reconfigure(**client_settings(new, daemon=True))
         self.config = new
-        removed = self.tracker.set_vaults(owned_vaults(new, self.shard))
-        self.scheduler.reconfigure(new, azure.client if azure else None)
+        removed = self.scheduler.reconfigure(new, azure.client if azure else None)
         self.metrics.forget_subscriptions(v.ref.subscription_id for v in self.tracker.vaults.values())
         self.metrics.config_reload_ok.set(1)
         log.info(

@@ -9,7 +9,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from watcher.app import Watcher, run_daemon
 from watcher.config import Config, validate_config
@@ -29,8 +29,9 @@ _COLOURS = {
 _RESET = "\033[0m"
 
 
-def demo_config(endpoint: str, vaults: list[dict[str, Any]], *, listen: str, store_path: str) -> Config:
-    """The demo's config: the simulator's vaults, discovery on, short intervals so things move."""
+def demo_config(endpoint: str, subscriptions: list[str], *, listen: str, store_path: str) -> Config:
+    """The demo's config: the simulator's subscriptions, whose every vault of both kinds is found by
+    listing them (none is named), with short intervals so things move."""
     data = {
         "azure": {
             "management_endpoint": endpoint,
@@ -44,12 +45,14 @@ def demo_config(endpoint: str, vaults: list[dict[str, Any]], *, listen: str, sto
             "request_timeout": "10s",
             "backoff_initial": "1s",
             "backoff_max": "30s",
+            "vault_discovery_interval": "1m",
+            "inventory_interval": "30s",
         },
-        "discovery": {"enabled": True, "lookback": "6h"},
+        "discovery": {"lookback": "6h"},
         "store": {"path": store_path},
         "http": {"listen": listen},
         "logging": {"format": "json", "level": "warning"},
-        "vaults": [{**v, "discover": True} for v in vaults],
+        "subscriptions": [{"id": subscription} for subscription in subscriptions],
     }
     return validate_config(data, "demo")
 
@@ -78,7 +81,7 @@ class ChangePrinter:
             extra += f"  [{errors[0].get('code')} {errors[0].get('title')}]"
         if prev is None and status not in ("InProgress", "Cancelling"):
             return  # history found at start-up is in /api/jobs; the screen shows what happens now
-        line = f"{when}  {tj.vault.name:<16} {tj.entity[:34]:<34} {operation:<22} {arrow}{extra}"
+        line = f"{when}  {tj.vault.name:<18} {tj.entity[:34]:<34} {operation:<22} {arrow}{extra}"
         if self.closed:
             return
         try:
@@ -103,7 +106,7 @@ def _human(seconds: float) -> str:
 
 def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | None) -> int:
     """Start the simulator and the watcher; print changes until SIGINT/SIGTERM."""
-    from watcher.sim import SIM_TOKEN, demo_estate, demo_vaults, start_simulator
+    from watcher.sim import SIM_TOKEN, demo_estate, demo_subscriptions, start_simulator
 
     configure_logging(log_format or "json", "info" if log_format else "warning")
     os.environ[DEMO_TOKEN_ENV] = SIM_TOKEN
@@ -117,7 +120,7 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
         scratch = tempfile.TemporaryDirectory(prefix="backup-watcher-demo-")
         store_path = os.environ.get("WATCHER_STORE_PATH") or str(Path(scratch.name) / "state.sqlite3")
         try:
-            config = demo_config(sim.url, demo_vaults(estate), listen=listen, store_path=store_path)
+            config = demo_config(sim.url, demo_subscriptions(estate), listen=listen, store_path=store_path)
             printer = ChangePrinter(out)
 
             def setup(watcher: Watcher) -> None:
@@ -130,7 +133,7 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
                 shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - display only
                 print(
                     f"backup-watcher demo: simulated Azure at {sim.url}, "
-                    f"{len(config.vaults)} vaults\n"
+                    f"{len(config.subscriptions)} subscriptions (their vaults are found by listing them)\n"
                     f"  metrics:  http://{shown}:{watcher.port}/metrics\n"
                     f"  jobs:     http://{shown}:{watcher.port}/api/jobs\n"
                     f"  store:    {config.store.path}\n"

@@ -24,13 +24,13 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES
+from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, VaultRef
 from watcher.state import DURATION_BUCKETS, FINISHED, TRANSITIONS, Snapshot
 
 # `_created` series double the output and no rule of ours uses them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
-VAULT_LABELS = ("subscription_id", "resource_group", "vault")
+VAULT_LABELS = ("subscription_id", "resource_group", "vault", "vault_type")
 POLL_ERROR_REASONS = (
     "throttled",
     "server_error",
@@ -41,7 +41,15 @@ POLL_ERROR_REASONS = (
     "not_found",
     "bad_response",
 )
-WATCHED_STATUSES = ("InProgress", "Cancelling", "Completed", "CompletedWithWarnings", "Failed", "Cancelled")
+WATCHED_STATUSES = (
+    "InProgress",
+    "Cancelling",
+    "Paused",
+    "Completed",
+    "CompletedWithWarnings",
+    "Failed",
+    "Cancelled",
+)
 FINAL_ORDER = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
 assert set(FINAL_ORDER) == FINAL_STATUSES
 assert set(WATCHED_STATUSES) == FINAL_STATUSES | ACTIVE_STATUSES
@@ -154,8 +162,8 @@ def _label_sets(metric: Any) -> Iterator[tuple[str, ...]]:
         yield from list(metric._metrics.keys())
 
 
-def _vault_values(ref: Any) -> list[str]:
-    return [ref.subscription_id, ref.resource_group, ref.name]
+def _vault_values(ref: VaultRef) -> list[str]:
+    return [ref.subscription_id, ref.resource_group, ref.name, ref.kind.value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,16 +325,17 @@ class TrackerCollector(Collector):
         last_success: list[tuple[tuple[str, ...], Any]] = []
         last_ok: list[tuple[tuple[str, ...], Any]] = []
         last_duration: list[tuple[tuple[str, ...], Any]] = []
-        sizes: dict[tuple[str, str, str, str], tuple[float, int]] = {}
+        sizes: dict[tuple[str, ...], tuple[float, int]] = {}
         for item in sorted(snap.items, key=lambda i: (i.vault_key, i.entity, i.operation)):
-            values = (item.subscription_id, item.resource_group, item.vault, item.entity, item.operation)
+            vault = (item.subscription_id, item.resource_group, item.vault, item.vault_type)
+            values = (*vault, item.entity, item.operation)
             if item.last_success is not None:
                 last_success.append((values, item.last_success))
             last_ok.append((values, float(item.last_status_success)))
             if item.last_duration is not None:
                 last_duration.append((values, item.last_duration))
             if item.size_bytes is not None and item.size_at is not None:
-                entity = (item.subscription_id, item.resource_group, item.vault, item.entity)
+                entity = (*vault, item.entity)
                 if entity not in sizes or item.size_at > sizes[entity][0]:
                     sizes[entity] = (item.size_at, item.size_bytes)
         yield _Family(

@@ -26,8 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from watcher.azure.client import ArmClient, JobFilter
-from watcher.azure.models import Job, JobPage, VaultRef
+from watcher.azure.backup import BackupApi
+from watcher.azure.client import ArmClient
+from watcher.azure.models import Job, RejectedItem, RunningJob, VaultInfo, VaultKind, VaultRef
 from watcher.azure.ratelimit import Backoff
 from watcher.config import Config
 from watcher.errors import (
@@ -40,6 +41,7 @@ from watcher.errors import (
 )
 from watcher.logs import get_logger
 from watcher.state import JobState, TrackedJob, Tracker, VaultState
+from watcher.vaults import Listing, VaultSet, watched_vaults
 
 log = get_logger("backup_watcher.scheduler")
 
@@ -97,11 +99,16 @@ class _Pass:
 
 @dataclass
 class Scheduler:
-    """Runs every vault's passes until told to stop."""
+    """Runs every vault's passes, and every subscription's vault listings, until told to stop.
+
+    It decides which vaults the tracker watches: the config's, and those the listings found (for this
+    replica's shard).
+    """
 
     tracker: Tracker
     client: ArmClient
     config: Config
+    shard: tuple[int, int] | None = None
     clock: Callable[[], float] = time.time
     monotonic: Callable[[], float] = time.monotonic
     rng: Callable[[], float] = random.random
@@ -110,21 +117,43 @@ class Scheduler:
     passes: int = 0
     on_pass: Callable[[VaultRef, RoundStats], None] | None = None
     _schedules: dict[str, VaultSchedule] = field(default_factory=dict)
+    _listing_tasks: dict[tuple[str, VaultKind], asyncio.Task[None]] = field(default_factory=dict)
     _next_prune: float = 0.0
     _failure: BaseException | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _rejected_logged: set[tuple[str, str]] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        self.api = BackupApi.for_config(self.client, self.config)
+        self.vault_set = VaultSet(self.tracker.store)
+        self.vault_set.configure(self.config)
+        self.apply_vaults()
+
     @property
     def backoff(self) -> Backoff:
         return Backoff(self.config.poll.backoff_initial, self.config.poll.backoff_max)
 
-    def reconfigure(self, config: Config, client: ArmClient | None = None) -> None:
-        """Take a new config (and client) for every pass that starts from now on."""
+    def reconfigure(self, config: Config, client: ArmClient | None = None) -> list[VaultRef]:
+        """Take a new config (and client) for every pass that starts from now on; the vaults dropped."""
         self.config = config
         if client is not None:
             self.client = client
+        self.api = BackupApi.for_config(self.client, config)
+        self.vault_set.configure(config)
+        removed = self.apply_vaults()
         self._wake.set()
+        return removed
+
+    def apply_vaults(self) -> list[VaultRef]:
+        """Watch the config's vaults and the ones found; log those that came and went. The ones dropped."""
+        before = set(self.tracker.vaults)
+        removed = self.tracker.set_vaults(watched_vaults(self.config, self.vault_set.found(), self.shard))
+        for key, state in self.tracker.vaults.items():
+            if key not in before and before:
+                log.info("vault_watched", **_vault_fields(state.ref))
+        for ref in removed:
+            log.info("vault_dropped", **_vault_fields(ref))
+        return removed
 
     def healthy(self) -> bool:
         """False once the dispatcher has not moved for much longer than it ever waits."""
@@ -152,13 +181,21 @@ class Scheduler:
                 if self._failure is not None:
                     # Only a StoreError escapes a pass: stop loudly, not poll on with nothing recorded.
                     raise self._failure
+                for listing in self.vault_set.listings.values():
+                    if listing.key not in self._listing_tasks and listing.next_listing <= now:
+                        self._launch_listing(listing)
                 for schedule in self._schedules.values():
                     if schedule.task is None and schedule.next_poll <= now:
                         self._launch(schedule)
                 self._note_stale()
                 self._maybe_prune()
                 due = min(
-                    (s.next_poll for s in self._schedules.values() if s.task is None),
+                    [s.next_poll for s in self._schedules.values() if s.task is None]
+                    + [
+                        listing.next_listing
+                        for listing in self.vault_set.listings.values()
+                        if listing.key not in self._listing_tasks
+                    ],
                     default=now + TICK,
                 )
                 await self._sleep_until(stop, min(due, now + TICK))
@@ -180,7 +217,11 @@ class Scheduler:
                 self._schedules[key] = VaultSchedule(
                     ref=state.ref, phase=phase, next_poll=now + interval * SPREAD * phase, watched_since=now
                 )
-        if not self.ready and all(s.passes for s in self._schedules.values()):
+        if (
+            not self.ready
+            and all(s.passes for s in self._schedules.values())
+            and all(listing.listed_once for listing in self.vault_set.listings.values())
+        ):
             self.ready = True
 
     def _launch(self, schedule: VaultSchedule) -> None:
@@ -213,6 +254,7 @@ class Scheduler:
 
     async def _drain(self, grace: float) -> None:
         tasks = [s.task for s in self._schedules.values() if s.task is not None]
+        tasks += list(self._listing_tasks.values())
         if not tasks:
             return
         _done, pending = await asyncio.wait(tasks, timeout=grace)
@@ -248,6 +290,76 @@ class Scheduler:
         )
         if removed:
             log.info("store_pruned", jobs=removed)
+
+    # -- vault listings ---------------------------------------------------------------------
+
+    def _launch_listing(self, listing: Listing) -> None:
+        task = asyncio.create_task(self._list_vaults(listing), name=f"vaults {listing.subscription.id}")
+        self._listing_tasks[listing.key] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._listing_tasks.pop(listing.key, None)
+            if not t.cancelled() and t.exception() is not None and self._failure is None:
+                self._failure = t.exception()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _list_vaults(self, listing: Listing) -> None:
+        """List one subscription's vaults of one kind; on success, watch what it found."""
+        every = self.config.poll.vault_discovery_interval
+        found: list[VaultInfo] = []
+        rejected = 0
+        try:
+            async for vaults, refused in self.api.vaults(listing.subscription.id, listing.kind):
+                found.extend(vaults)
+                rejected += len(refused)
+        except AzureError as exc:
+            listing.failures += 1
+            listing.last_error = f"{exc.reason}: {exc}"
+            delay = self.backoff.delay(listing.failures - 1, exc.retry_after)
+            listing.next_listing = self.monotonic() + min(delay, every)
+            log.warning(
+                "vault_listing_failed",
+                subscription_id=listing.subscription.id,
+                vault_type=listing.kind.value,
+                reason=exc.reason,
+                status=exc.status,
+                code=exc.code,
+                error=str(exc),
+                keeping=len(listing.found or {}),
+            )
+            return
+        finally:
+            listing.listed_once = True
+            self.heartbeat = self.monotonic()
+        if rejected:
+            log.warning(
+                "vault_listing_items_rejected",
+                subscription_id=listing.subscription.id,
+                vault_type=listing.kind.value,
+                items=rejected,
+            )
+        listing.failures = 0
+        listing.last_error = None
+        # Each subscription keeps a stable phase of its own within the interval.
+        phase = _phase(f"{listing.subscription.id}/{listing.kind.value}", "vaults")
+        listing.next_listing = self.monotonic() + every * (0.5 + phase / 2)
+        self.vault_set.replace(listing, found)
+        self.apply_vaults()
+        log.debug(
+            "vaults_listed",
+            subscription_id=listing.subscription.id,
+            vault_type=listing.kind.value,
+            vaults=len(found),
+        )
+
+    def _vault_gone(self, vault: VaultRef) -> None:
+        """A vault answered 404 as a whole: one found by listing is dropped now, a named one is reported."""
+        if self.vault_set.forget(vault):
+            self.apply_vaults()
+        else:
+            log.warning("vault_not_found", **_vault_fields(vault))
 
     # -- passes -----------------------------------------------------------------------------
 
@@ -393,7 +505,7 @@ class Scheduler:
         A job whose GET fails backs off on its own and the error is re-raised for its pass to count.
         """
         try:
-            job = await self.client.get_job(vault, job_id)
+            job = await self.api.get_job(vault, job_id)
         except NotFoundError as exc:
             # Not the vault's failure: the job is gone or not visible yet. Counted, kept, asked again later.
             self.tracker.poll_error(vault, exc.reason)
@@ -420,20 +532,14 @@ class Scheduler:
         return job
 
     async def _batch(self, vault: VaultRef, jobs: list[TrackedJob]) -> int:
-        """One listing of the vault's InProgress jobs; a GET for each of `jobs` that left it."""
-        overlap = self.config.discovery.overlap
-        starts = [tj.start_time for tj in jobs if tj.start_time is not None]
-        flt = JobFilter(
-            start_time=_dt(min(starts) - overlap),
-            end_time=_dt(self.clock() + overlap),
-            status="InProgress",
-        )
-        still: dict[str, Job] = {}
-        rejected = 0
-        async for page in self.client.list_jobs(vault, flt):
-            rejected += self._rejected(vault, page)
-            for job in page.jobs:
-                still[job.job_id.lower()] = job
+        """One listing of the vault's unfinished jobs where it saves requests, and a GET for each of
+        `jobs` that left it (or for every one, where a listing would not save requests)."""
+        running = [RunningJob(tj.job_id, tj.start_time) for tj in jobs if tj.start_time is not None]
+        listed = await self.api.still_running(vault, running, self.config.discovery.overlap, self.clock())
+        if listed is None:
+            return await self._get_many(vault, [tj.job_id for tj in jobs])
+        still, rejected = listed
+        self._rejected(vault, rejected)
         self._clear_vault_error(vault)
         seen = [still[tj.job_id.lower()] for tj in jobs if tj.job_id.lower() in still]
         if seen:
@@ -441,7 +547,7 @@ class Scheduler:
         # Those that left the listing ended (or are Cancelling): one GET each for the final state. A job
         # whose item was set aside as malformed is among them: its GET says what it is.
         gone = [tj.job_id for tj in jobs if tj.job_id.lower() not in still]
-        return rejected + await self._get_many(vault, gone)
+        return len(rejected) + await self._get_many(vault, gone)
 
     async def discover(self, state: VaultState, outcome: _Pass | None = None) -> int:
         """List a vault's jobs started since the last look and watch the new ones; how many were new.
@@ -457,12 +563,11 @@ class Scheduler:
         since = state.watermark if state.watermark is not None else now - lookback
         since = max(since, now - lookback)
         overlap = self.config.discovery.overlap
-        flt = JobFilter(start_time=_dt(since - overlap), end_time=_dt(now + overlap))
         new_jobs: dict[str, Job] = {}
         updates: list[Job] = []
         rejected = 0
-        async for page in self.client.list_jobs(vault, flt):
-            rejected += self._rejected(vault, page)
+        async for page in self.api.jobs_since(vault, since - overlap, now + overlap):
+            rejected += self._rejected(vault, page.rejected)
             for job in page.jobs:
                 known = self.tracker.known(vault, job.job_id)
                 if known is None or known.state is JobState.NOT_FOUND:
@@ -499,9 +604,9 @@ class Scheduler:
 
     # -- errors -----------------------------------------------------------------------------
 
-    def _rejected(self, vault: VaultRef, page: JobPage) -> int:
-        """Items of a listing page that are not jobs: each counted as bad_response, logged once per item."""
-        for item in page.rejected:
+    def _rejected(self, vault: VaultRef, rejected: list[RejectedItem]) -> int:
+        """Items of a listing that are not jobs: each counted as bad_response, logged once per item."""
+        for item in rejected:
             self.tracker.poll_error(vault, "bad_response")
             key = (vault.key, item.ident or f"#{item.index}")
             if key not in self._rejected_logged:
@@ -515,7 +620,7 @@ class Scheduler:
                     index=item.index,
                     reason=item.reason,
                 )
-        return len(page.rejected)
+        return len(rejected)
 
     def _request_errors(self, vault: VaultRef, failed: list[AzureError]) -> None:
         """Requests of a pass failed (the pass went on): count each, log one line per reason."""
@@ -542,7 +647,7 @@ class Scheduler:
             state.unauthorized = str(exc)
             return
         if isinstance(exc, NotFoundError):
-            log.warning("vault_not_found", vault=vault.name, error=str(exc))
+            self._vault_gone(vault)
             return
         self._log_error(vault, exc)
 
@@ -585,6 +690,15 @@ def plan_jobs(jobs: list[TrackedJob], now: float) -> tuple[list[TrackedJob], lis
     if len(batched) < 2:
         return [], batched + singles
     return batched, singles
+
+
+def _vault_fields(vault: VaultRef) -> dict[str, str]:
+    return {
+        "subscription_id": vault.subscription_id,
+        "resource_group": vault.resource_group,
+        "vault": vault.name,
+        "vault_type": vault.kind.value,
+    }
 
 
 def _phase(vault_key: str, what: str) -> float:

@@ -7,10 +7,18 @@ import os
 import re
 
 
-def shard_of(subscription_id: str, resource_group: str, vault: str, count: int) -> int:
-    """The shard (0..count-1) a vault belongs to: stable across versions, hosts and restarts."""
-    key = f"{subscription_id}/{resource_group}/{vault}".lower().encode()
-    return int(hashlib.sha256(key).hexdigest(), 16) % count
+def shard_of(
+    subscription_id: str, resource_group: str, vault: str, count: int, kind: str = "recovery_services"
+) -> int:
+    """The shard (0..count-1) a vault belongs to: stable across versions, hosts and restarts.
+
+    It depends on the vault's identity alone, so a vault keeps its shard while others come and go. A
+    Recovery Services vault hashes as it always has; a Backup vault's kind is part of its key.
+    """
+    name = f"{subscription_id}/{resource_group}/{vault}"
+    if kind != "recovery_services":
+        name = f"{kind}:{name}"
+    return int(hashlib.sha256(name.lower().encode()).hexdigest(), 16) % count
 
 
 def index_from_pod_name(name: str | None) -> int | None:

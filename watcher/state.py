@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, SUCCESS_STATUSES, Job, VaultRef
+from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, SUCCESS_STATUSES, Job, VaultKind, VaultRef
 from watcher.logs import get_logger
 from watcher.store import Batch, ItemRow, JobRow, Store, TransitionRow, labels_key
 
@@ -141,7 +141,7 @@ class Tracker:
 
     def _restore(self) -> None:
         for row in self.store.jobs():
-            ref = VaultRef(row.subscription_id, row.resource_group, row.vault)
+            ref = VaultRef(row.subscription_id, row.resource_group, row.vault, VaultKind(row.vault_type))
             tj = TrackedJob(
                 vault=ref,
                 job_id=row.job_id,
@@ -293,6 +293,7 @@ class Tracker:
                         now,
                         tj.start_time,
                         tj.end_time,
+                        vault.kind.value,
                     )
                 )
             if job.is_final:
@@ -380,6 +381,7 @@ class Tracker:
                 last_duration=duration,
                 size_bytes=size,
                 size_at=end if size is not None else None,
+                vault_type=vault.kind.value,
             )
         updated = dataclasses.replace(current)
         touched = False
@@ -593,13 +595,20 @@ def _vault_labels(vault: VaultRef) -> dict[str, str]:
         "subscription_id": vault.subscription_id,
         "resource_group": vault.resource_group,
         "vault": vault.name,
+        "vault_type": vault.kind.value,
     }
 
 
 @functools.lru_cache(maxsize=65536)
 def _vault_key_of(labels_json: str) -> str:
     labels = json.loads(labels_json)
-    return f"{labels.get('subscription_id')}/{labels.get('resource_group')}/{labels.get('vault')}".lower()
+    ref = VaultRef(
+        str(labels.get("subscription_id")),
+        str(labels.get("resource_group")),
+        str(labels.get("vault")),
+        VaultKind(labels.get("vault_type", VaultKind.RECOVERY_SERVICES.value)),
+    )
+    return ref.key
 
 
 def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, detailed: bool) -> TrackedJob:
@@ -661,4 +670,5 @@ def _row(vault: VaultRef, tj: TrackedJob) -> JobRow:
         last_error=tj.last_error,
         first_seen=tj.first_seen,
         updated_at=tj.updated_at,
+        vault_type=vault.kind.value,
     )

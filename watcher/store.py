@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any
 
 from watcher.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -92,7 +92,51 @@ MIGRATIONS: dict[int, list[str]] = {
         ) WITHOUT ROWID""",
         "CREATE TABLE discovery (vault_key TEXT PRIMARY KEY, watermark REAL NOT NULL)",
     ],
+    # Backup vaults beside Recovery Services vaults: a vault's key names its kind
+    # (`recovery_services:sub/rg/name`), every row says its vault's kind, and the vaults found by listing
+    # subscriptions are kept so a restart watches them at once.
+    2: [
+        *(
+            statement
+            for table in ("jobs", "transitions", "items")
+            for statement in (
+                f"ALTER TABLE {table} ADD COLUMN vault_type TEXT NOT NULL DEFAULT 'recovery_services'",
+                f"UPDATE {table} SET vault_key = 'recovery_services:' || vault_key",  # noqa: S608 - fixed names
+            )
+        ),
+        "UPDATE discovery SET vault_key = 'recovery_services:' || vault_key",
+        """CREATE TABLE vaults (
+            vault_key TEXT PRIMARY KEY,
+            subscription_id TEXT NOT NULL,
+            resource_group TEXT NOT NULL,
+            name TEXT NOT NULL,
+            vault_type TEXT NOT NULL,
+            location TEXT NOT NULL DEFAULT '',
+            tags TEXT NOT NULL DEFAULT '{}',
+            last_seen REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ],
 }
+
+
+def _label_vault_types(conn: sqlite3.Connection) -> None:
+    """Version 2: every counter series with vault labels gains `vault_type="recovery_services"`."""
+    rows = conn.execute("SELECT metric, labels, value FROM counters").fetchall()
+    for metric, labels, value in rows:
+        parsed = json.loads(labels)
+        if not isinstance(parsed, dict) or "vault" not in parsed:
+            continue  # the duration histogram's rows have no vault labels
+        new = labels_key({**parsed, "vault_type": "recovery_services"})
+        conn.execute("DELETE FROM counters WHERE metric = ? AND labels = ?", (metric, labels))
+        conn.execute(
+            "INSERT INTO counters (metric, labels, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (metric, labels) DO UPDATE SET value = value + excluded.value",
+            (metric, new, value),
+        )
+
+
+# Steps of a migration that SQL alone cannot do, run after its statements in the same transaction.
+MIGRATION_STEPS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _label_vault_types}
 
 JOB_COLUMNS = (
     "vault_key",
@@ -116,6 +160,7 @@ JOB_COLUMNS = (
     "last_error",
     "first_seen",
     "updated_at",
+    "vault_type",
 )
 
 
@@ -144,6 +189,7 @@ class JobRow:
     last_error: str | None
     first_seen: float
     updated_at: float
+    vault_type: str
 
     def values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, c) for c in JOB_COLUMNS)
@@ -164,6 +210,7 @@ class TransitionRow:
     observed_at: float
     job_start: float | None
     job_end: float | None
+    vault_type: str
 
 
 @dataclass(slots=True)
@@ -180,9 +227,27 @@ class ItemRow:
     last_duration: float | None
     size_bytes: int | None
     size_at: float | None
+    vault_type: str
 
 
 ITEM_COLUMNS = tuple(f.name for f in fields(ItemRow))
+
+
+@dataclass(slots=True)
+class VaultRow:
+    """A vault a subscription's listing found; `tags` is JSON text."""
+
+    vault_key: str
+    subscription_id: str
+    resource_group: str
+    name: str
+    vault_type: str
+    location: str
+    tags: str
+    last_seen: float
+
+
+VAULT_COLUMNS = tuple(f.name for f in fields(VaultRow))
 
 
 @dataclass
@@ -259,6 +324,8 @@ class Store:
             with self._tx():
                 for statement in MIGRATIONS[version]:
                     self.conn.execute(statement)
+                if version in MIGRATION_STEPS:
+                    MIGRATION_STEPS[version](self.conn)
                 if version == 1:
                     self.conn.execute(
                         "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ?)",
@@ -321,6 +388,12 @@ class Store:
     def counters(self) -> list[tuple[str, str, float]]:
         return [(r[0], r[1], r[2]) for r in self.conn.execute("SELECT metric, labels, value FROM counters")]
 
+    def discovered_vaults(self) -> list[VaultRow]:
+        """The vaults subscription listings found, as last listed."""
+        cols = ", ".join(VAULT_COLUMNS)
+        rows = self.conn.execute(f"SELECT {cols} FROM vaults")  # noqa: S608 - fixed column names
+        return [VaultRow(*row) for row in rows]
+
     def watermark(self, vault_key: str) -> float | None:
         row = self.conn.execute(
             "SELECT watermark FROM discovery WHERE vault_key = ?", (vault_key,)
@@ -329,8 +402,8 @@ class Store:
 
     def transitions(self, job_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         sql = (
-            "SELECT id, job_id, subscription_id, resource_group, vault, operation, job_type, entity, "
-            "from_status, to_status, observed_at, job_start, job_end FROM transitions"
+            "SELECT id, job_id, subscription_id, resource_group, vault, vault_type, operation, job_type, "
+            "entity, from_status, to_status, observed_at, job_start, job_end FROM transitions"
         )
         args: list[Any] = []
         if job_id is not None:
@@ -366,8 +439,8 @@ class Store:
                     self.conn.executemany(
                         "INSERT INTO transitions (vault_key, job_id, subscription_id, resource_group, vault, "
                         "operation, job_type, entity, from_status, to_status, observed_at, "
-                        "job_start, job_end) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "job_start, job_end, vault_type) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [
                             (
                                 t.vault_key,
@@ -383,6 +456,7 @@ class Store:
                                 t.observed_at,
                                 t.job_start,
                                 t.job_end,
+                                t.vault_type,
                             )
                             for t in batch.transitions
                         ],
@@ -420,6 +494,25 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
         return len(doomed)
+
+    def replace_discovered_vaults(
+        self, subscription_id: str, vault_type: str, vaults: list[VaultRow]
+    ) -> None:
+        """The vaults of one kind that a subscription's listing found now, in place of the last ones."""
+        cols = ", ".join(VAULT_COLUMNS)
+        try:
+            with self._tx():
+                self.conn.execute(
+                    "DELETE FROM vaults WHERE subscription_id = ? AND vault_type = ?",
+                    (subscription_id, vault_type),
+                )
+                self.conn.executemany(
+                    f"INSERT OR REPLACE INTO vaults ({cols}) "  # noqa: S608 - fixed column names
+                    f"VALUES ({', '.join('?' for _ in VAULT_COLUMNS)})",
+                    [tuple(getattr(v, c) for c in VAULT_COLUMNS) for v in vaults],
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
     def set_watermark(self, vault_key: str, watermark: float) -> None:
         try:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from watcher.app import build_azure
+from watcher.azure.backup import BackupApi
 from watcher.azure.client import ArmClient
 from watcher.azure.models import Job, OperationStatus, VaultRef
 from watcher.azure.ratelimit import SubscriptionLimiter
@@ -154,13 +155,42 @@ def _job_record(job: Job) -> dict[str, Any]:
     }
 
 
-def vault_of_url(url: str) -> VaultRef:
-    """The vault an operation URL belongs to."""
-    return VaultRef.from_arm_id(urlsplit(url).path)
+def vault_of_url(url: str) -> VaultRef | None:
+    """The vault an operation URL belongs to; None for a location-scoped one (Backup vaults' Location)."""
+    try:
+        return VaultRef.from_arm_id(urlsplit(url).path)
+    except ValueError:
+        return None
+
+
+_OPERATION_WORDS = frozenset(
+    {"operationsstatus", "operationstatus", "backupoperations", "operationresults", "backupoperationresults"}
+)
+
+
+def is_operation_url(url: str) -> bool:
+    """Whether a URL names an operation of a subscription: `.../{operationStatus|...}/{id}`."""
+    words = [w.lower() for w in urlsplit(url).path.strip("/").split("/")]
+    return (
+        len(words) >= 4
+        and words[0] == "subscriptions"
+        and words[-2] in _OPERATION_WORDS
+        and bool(words[-1])
+    )
+
+
+def job_ref(job: str, vault: VaultRef | None) -> tuple[VaultRef, str] | None:
+    """(vault, job id) of an operation's job: a Backup vault names the job by its full ARM id."""
+    if "/" in job:
+        try:
+            return VaultRef.from_arm_id(job), job.rstrip("/").rsplit("/", 1)[-1]
+        except ValueError:
+            return None
+    return (vault, job) if vault is not None else None
 
 
 async def follow_job(
-    client: ArmClient,
+    api: BackupApi,
     vault: VaultRef,
     job_id: str,
     display: Display,
@@ -173,14 +203,14 @@ async def follow_job(
     failures = 0
     while True:
         try:
-            job = await client.get_job(vault, job_id)
+            job = await api.get_job(vault, job_id)
             failures = 0
         except RetryableError as exc:
             # The client already retried; look again later, slower, a bounded number of times.
             failures += 1
             if failures >= MAX_FAILED_LOOKS:
                 raise
-            delay = client.backoff.delay(failures - 1, exc.retry_after)
+            delay = api.client.backoff.delay(failures - 1, exc.retry_after)
             if deadline is not None and clock() + delay > deadline:
                 return None
             await asyncio.sleep(delay)
@@ -204,13 +234,16 @@ async def _operation_jobs(
     give_up_after: float | None,
 ) -> list[tuple[VaultRef, str]] | int:
     """The jobs an operation names once it succeeded, or the exit status it ends the run with."""
-    try:
-        vault = vault_of_url(url)
-    except ValueError:
+    if not is_operation_url(url):
         display.final(
-            {"event": "error", "message": "error: --operation-url is not an operation URL of a vault"}
+            {
+                "event": "error",
+                "message": "error: --operation-url is not an operation URL (.../operationsStatus/ID, "
+                ".../operationStatus/ID, .../backupOperations/ID or .../operationResults/ID)",
+            }
         )
         return EXIT_USAGE
+    vault = vault_of_url(url)
     try:
         client.check_host(url)
     except ForeignHostError as exc:
@@ -254,7 +287,17 @@ async def _operation_jobs(
             }
         )
         return 0
-    return [(vault, j) for j in op.job_ids]
+    jobs = [job_ref(j, vault) for j in op.job_ids]
+    found = [j for j in jobs if j is not None]
+    if len(found) != len(jobs):
+        display.final(
+            {
+                "event": "error",
+                "message": "error: the operation names a job outside any vault this URL or its id shows",
+            }
+        )
+        return EXIT_ERROR
+    return found
 
 
 async def track(
@@ -285,6 +328,7 @@ async def track(
             return EXIT_USAGE
     limiter = SubscriptionLimiter(config.poll.ratelimit_burst, config.poll.ratelimit_per_second)
     azure = build_azure(config, None, limiter)
+    api = azure.api
     deadline = None if give_up_after is None else time.monotonic() + give_up_after
     try:
         if operation_url is not None:
@@ -301,7 +345,7 @@ async def track(
             jobs = found
         worst = 0
         for vault, jid in jobs:
-            job = await follow_job(azure.client, vault, jid, display, interval=interval, deadline=deadline)
+            job = await follow_job(api, vault, jid, display, interval=interval, deadline=deadline)
             if job is None:
                 display.final(
                     {

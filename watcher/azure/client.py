@@ -1,4 +1,7 @@
-"""The Azure Resource Manager client for Backup jobs: one session, one retry loop, typed errors.
+"""The Azure Resource Manager client: one session, one retry loop, typed errors, paged listings.
+
+It knows ARM, not Azure Backup: what to ask of which vault kind is the providers' (`recoveryservices`,
+`dataprotection`), which send their requests through `request()` and `pages()`.
 
 Every request takes a token from its subscription's bucket and a slot of the process-wide concurrency
 bound, carries a cached bearer token, and is retried on 408, 429, 5xx, timeouts and dropped connections
@@ -20,24 +23,15 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import SplitResult, quote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import aiohttp
 import yarl
 
 from watcher.azure.auth import TokenProvider
-from watcher.azure.models import (
-    Job,
-    JobPage,
-    OperationStatus,
-    VaultRef,
-    parse_job,
-    parse_job_page,
-    parse_operation,
-)
+from watcher.azure.models import OperationStatus, parse_operation
 from watcher.azure.ratelimit import (
     Backoff,
     SubscriptionLimiter,
@@ -88,44 +82,6 @@ class ApiResponse:
     body: Any
 
 
-@dataclass(frozen=True, slots=True)
-class JobFilter:
-    """The documented `$filter` of a job listing: `field eq 'value'` clauses joined by ` and `."""
-
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    status: str | None = None
-    operation: str | None = None
-    backup_management_type: str | None = None
-
-    def render(self) -> str | None:
-        clauses = []
-        if self.start_time is not None or self.end_time is not None:
-            # The service takes both times together, written as in its own examples.
-            start = self.start_time or datetime(2000, 1, 1, tzinfo=UTC)
-            end = self.end_time or datetime.now(UTC)
-            clauses.append(f"startTime eq '{_filter_time(start)}'")
-            clauses.append(f"endTime eq '{_filter_time(end)}'")
-        for name, value in (
-            ("status", self.status),
-            ("operation", self.operation),
-            ("backupManagementType", self.backup_management_type),
-        ):
-            if value is not None:
-                if "'" in value:
-                    raise ValueError(f"a $filter value cannot contain a quote: {value!r}")
-                clauses.append(f"{name} eq '{value}'")
-        return " and ".join(clauses) or None
-
-
-def _filter_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %I:%M:%S %p")
-
-
-def _segment(value: str) -> str:
-    return quote(value, safe="")
-
-
 def _code_of(body: Any) -> tuple[str | None, str]:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         err = body["error"]
@@ -148,7 +104,6 @@ class ArmClient:
         session: aiohttp.ClientSession,
         tokens: TokenProvider,
         endpoint: str,
-        api_version: str,
         limiter: SubscriptionLimiter,
         backoff: Backoff,
         concurrency: int = 16,
@@ -161,7 +116,6 @@ class ArmClient:
         self.session = session
         self.tokens = tokens
         self.endpoint = endpoint.rstrip("/")
-        self.api_version = api_version
         self.limiter = limiter
         self.attempts = attempts
         self.observer = observer
@@ -211,29 +165,7 @@ class ArmClient:
         self.retired = True
         self.stopping.set()
 
-    # -- URLs -------------------------------------------------------------------------------
-
-    def vault_url(self, vault: VaultRef) -> str:
-        return (
-            f"{self.endpoint}/subscriptions/{_segment(vault.subscription_id)}"
-            f"/resourceGroups/{_segment(vault.resource_group)}"
-            f"/providers/Microsoft.RecoveryServices/vaults/{_segment(vault.name)}"
-        )
-
-    def job_url(self, vault: VaultRef, job_id: str) -> str:
-        query = urlencode({"api-version": self.api_version})
-        return f"{self.vault_url(vault)}/backupJobs/{_segment(job_id)}?{query}"
-
-    def list_url(self, vault: VaultRef, flt: JobFilter | None) -> str:
-        params = {"api-version": self.api_version}
-        rendered = flt.render() if flt else None
-        if rendered:
-            params["$filter"] = rendered
-        return f"{self.vault_url(vault)}/backupJobs?{urlencode(params, quote_via=quote)}"
-
-    def backup_operation_url(self, vault: VaultRef, operation_id: str) -> str:
-        query = urlencode({"api-version": self.api_version})
-        return f"{self.vault_url(vault)}/backupOperations/{_segment(operation_id)}?{query}"
+    # -- where requests may go ---------------------------------------------------------------
 
     def check_host(self, url: str) -> None:
         """Refuse to send our token anywhere but the configured management endpoint, over TLS or loopback."""
@@ -252,14 +184,6 @@ class ArmClient:
             )
 
     # -- API --------------------------------------------------------------------------------
-
-    async def get_job(self, vault: VaultRef, job_id: str) -> Job:
-        """GET one job."""
-        response = await self.request("get_job", self.job_url(vault, job_id))
-        job = parse_job(response.body)
-        if job.vault is None:
-            job = _with_vault(job, vault)
-        return job
 
     async def pages(self, endpoint: str, url: str) -> AsyncIterator[Any]:
         """The bodies of a paged listing, following `nextLink` verbatim until it is absent.
@@ -282,14 +206,6 @@ class ArmClient:
             yield response.body
             link = response.body.get("nextLink") if isinstance(response.body, dict) else None
             next_url = link if isinstance(link, str) and link else None
-
-    async def list_jobs(self, vault: VaultRef, flt: JobFilter | None = None) -> AsyncIterator[JobPage]:
-        """Pages of a vault's job listing; an item that is not a job is set aside in its page."""
-        async for body in self.pages("list_jobs", self.list_url(vault, flt)):
-            page = parse_job_page(body)
-            yield replace(
-                page, jobs=[job if job.vault is not None else _with_vault(job, vault) for job in page.jobs]
-            )
 
     async def get_operation(self, url: str) -> tuple[OperationStatus, float | None]:
         """One look at an operation: its status and Azure's Retry-After, if any."""
@@ -497,10 +413,10 @@ class ArmClient:
             raise ForbiddenError(detail, status=status, code=err_code)
         if status == 404:
             if err_code == "NoRegisteredProviderFound":
-                raise _api_version_error(detail, status, err_code, message, self.api_version)
+                raise _api_version_error(detail, status, err_code, message, _api_version_of(url))
             raise NotFoundError(detail, status=status, code=err_code)
         if err_code in ("InvalidApiVersionParameter", "NoRegisteredProviderFound"):
-            raise _api_version_error(detail, status, err_code, message, self.api_version)
+            raise _api_version_error(detail, status, err_code, message, _api_version_of(url))
         raise BadRequestError(detail, status=status, code=err_code)
 
 
@@ -513,6 +429,12 @@ class _Unauthorized(Exception):
         super().__init__(code)
         self.code = code
         self.token = token
+
+
+def _api_version_of(url: str) -> str:
+    """The api-version a request named (for saying which one ARM refused)."""
+    values = parse_qs(urlsplit(url).query).get("api-version")
+    return values[0] if values else "(none)"
 
 
 def _api_version_error(detail: str, status: int, code: str, message: str, used: str) -> ApiVersionError:
@@ -550,8 +472,4 @@ def _decode(raw: bytes) -> Any:
     return None if body in ("", {}) else body
 
 
-def _with_vault(job: Job, vault: VaultRef) -> Job:
-    return replace(job, vault=vault)
-
-
-__all__ = ["ApiResponse", "ArmClient", "AzureError", "JobFilter", "TlsVerificationError", "subscription_of"]
+__all__ = ["ApiResponse", "ArmClient", "AzureError", "TlsVerificationError", "subscription_of"]

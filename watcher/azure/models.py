@@ -1,20 +1,22 @@
-"""Parsed Azure Backup jobs and operations, read leniently from what the service really sends.
+"""The provider-neutral model: vaults of both kinds, jobs, operations, and how bodies are read.
 
-Real bodies differ from the swagger (see the corpus' QUIRKS.md): durations as .NET TimeSpan text or
-ISO 8601, `endTime` missing or a year-0001/2001 sentinel, numeric `errorCode`, free-text `operation`,
-`null` where newer versions omit a key. Nothing here raises on an odd field; only a body that is not a
-job at all is refused, and a list page sets such items aside instead of failing (`parse_job_page`).
+A provider module (`recoveryservices`, `dataprotection`) turns its own bodies into these types; nothing
+else knows a provider's field names. Real bodies differ from the specs (see tests/data/*/QUIRKS.md):
+durations as .NET TimeSpan text or ISO 8601, `endTime` missing or a year-0001/2001 sentinel, statuses
+spelt differently by each source, numbers where text belongs. The readers here never raise on an odd
+field; only a body that is not a job at all is refused, and a list page sets such items aside instead
+of failing (`parse_page`).
 
 Whatever a body holds, what is kept of it is bounded, so one hostile body cannot make a tracked job, a
 log line or a metric series huge:
 
 * label values (a job's id, `entity`, `job_type`, `operation`, `operation_detail` and an unknown
-  `status`; an operation's id, job ids and unknown status) are at most MAX_LABEL_CHARS = 256 characters;
+  `status`; an operation's id and unknown status) are at most MAX_LABEL_CHARS = 256 characters;
   a longer text keeps its first 240 and a digest of the whole (`bounded_label`), so it stays one
   distinct, stable series;
 * free texts (error codes, titles, messages and recommendations, task ids and statuses, propertyBag
-  keys and values, management and workload types, an operation's object type and error) are cut to
-  MAX_TEXT_CHARS = 4096 characters, ending in "…";
+  keys and values, management and workload types, an operation's object type, error and job ids, which
+  a Backup vault gives as full ARM ids) are cut to MAX_TEXT_CHARS = 4096 characters, ending in "…";
 * at most MAX_ITEMS = 100 tasks, errors, propertyBag entries and operation job ids are kept, and
   MAX_RECOMMENDATIONS = 10 recommendations per error, the first ones sent;
 * a JSON object or array where a text belongs counts as no text, and a lone surrogate (JSON may escape
@@ -25,22 +27,28 @@ log line or a metric series huge:
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from watcher.errors import BadResponseError
+from watcher.logs import get_logger
 
+log = get_logger("backup_watcher.models")
+
+# The product's status set, whatever the provider spells: what metrics, rules and the store see.
 FINAL_STATUSES = frozenset({"Completed", "CompletedWithWarnings", "Failed", "Cancelled"})
 SUCCESS_STATUSES = frozenset({"Completed", "CompletedWithWarnings"})
-ACTIVE_STATUSES = frozenset({"InProgress", "Cancelling"})
+ACTIVE_STATUSES = frozenset({"InProgress", "Cancelling", "Paused"})
 KNOWN_STATUSES = FINAL_STATUSES | ACTIVE_STATUSES
-_STATUS_BY_LOWER = {s.lower(): s for s in KNOWN_STATUSES} | {"canceled": "Cancelled"}
+_STATUS_BY_LOWER = {s.lower(): s for s in KNOWN_STATUSES}
+_UNKNOWN_LOGGED: set[tuple[str, str]] = set()  # (provider, spelling): each unknown spelling logged once
 
 OPERATION_FINAL = frozenset({"Succeeded", "Failed", "Canceled"})
 _OPERATION_STATUS_BY_LOWER = {
@@ -60,38 +68,64 @@ _MAX_DURATION = 100 * 365 * 86400.0
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+class VaultKind(enum.StrEnum):
+    """The two kinds of vault Azure Backup has; the value is the `vault_type` label."""
+
+    RECOVERY_SERVICES = "recovery_services"  # Microsoft.RecoveryServices/vaults
+    BACKUP_VAULT = "backup_vault"  # Microsoft.DataProtection/backupVaults
+
+    @property
+    def namespace(self) -> tuple[str, str]:
+        """The ARM resource provider and resource type of the vault."""
+        return _NAMESPACES[self]
+
+
+_NAMESPACES = {
+    VaultKind.RECOVERY_SERVICES: ("Microsoft.RecoveryServices", "vaults"),
+    VaultKind.BACKUP_VAULT: ("Microsoft.DataProtection", "backupVaults"),
+}
+_KIND_BY_NAMESPACE = {(ns.lower(), rt.lower()): kind for kind, (ns, rt) in _NAMESPACES.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class VaultRef:
-    """A Recovery Services vault: ARM names compare case-insensitively."""
+    """A vault of either kind: ARM names compare case-insensitively, and its kind is part of who it is."""
 
     subscription_id: str
     resource_group: str
     name: str
+    kind: VaultKind = VaultKind.RECOVERY_SERVICES
 
     @property
     def key(self) -> str:
-        """A case-insensitive identity, used in the store and maps."""
-        return f"{self.subscription_id}/{self.resource_group}/{self.name}".lower()
+        """A case-insensitive identity, used in the store and maps: `kind:subscription/group/name`."""
+        return f"{self.kind.value}:{self.subscription_id}/{self.resource_group}/{self.name}".lower()
+
+    @property
+    def arm_id(self) -> str:
+        """The vault's ARM id (unquoted)."""
+        namespace, resource_type = self.kind.namespace
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/{namespace}/{resource_type}/{self.name}"
+        )
 
     @classmethod
     def from_arm_id(cls, arm_id: str) -> VaultRef:
-        """Parse `/subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/V[/...]`."""
+        """Parse `/subscriptions/S/resourceGroups/RG/providers/NS/TYPE/V[/...]` of either vault kind."""
         parts = [unquote(p) for p in arm_id.strip("/").split("/")]
         lower = [p.lower() for p in parts]
-        # /subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/V: read by
-        # position, so a resource group or vault that happens to be called "vaults" still parses.
+        # Read by position, so a resource group or vault that happens to be called "vaults" still parses.
+        kind = _KIND_BY_NAMESPACE.get((lower[5], lower[6])) if len(parts) >= 8 else None
         if (
-            len(parts) < 8
+            kind is None
             or lower[0] != "subscriptions"
             or lower[2] != "resourcegroups"
             or lower[4] != "providers"
-            or lower[5] != "microsoft.recoveryservices"
-            or lower[6] != "vaults"
             or not all(parts[i] for i in (1, 3, 7))
         ):
-            raise ValueError(f"not a Recovery Services vault id: {arm_id!r}")
-        sub, rg, vault = parts[1], parts[3], parts[7]
-        return cls(sub.lower(), rg, vault)
+            raise ValueError(f"not the id of a Recovery Services vault or a Backup vault: {arm_id!r}")
+        return cls(parts[1].lower(), parts[3], parts[7], kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +180,10 @@ class Job:
     property_bag: Mapping[str, str] = field(default_factory=dict)
     backup_size_bytes: int | None = None
     has_extended_info: bool = False
+    # What links the job to its protected item: the protection container (`iaasvmcontainerv2;rg;vm`) of
+    # a Recovery Services VM job, or the backup instance's name of a Backup vault job.
+    container: str = ""
+    item: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -186,6 +224,23 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningJob:
+    """An unfinished job a vault's pass refreshes: what a batched listing needs to know of it."""
+
+    job_id: str
+    start_time: float
+
+
+@dataclass(frozen=True, slots=True)
+class VaultInfo:
+    """A vault as a subscription's listing describes it."""
+
+    ref: VaultRef
+    location: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class OperationStatus:
     """An `operationsStatus` / `backupOperations` body."""
 
@@ -223,7 +278,7 @@ def bounded_label(text: str) -> str:
     return f"{text[:_LABEL_KEEP]}…{digest[:_LABEL_DIGEST]}"
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     """A JSON number as a float (NaN and infinities included), None for anything else or too big."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
@@ -246,7 +301,7 @@ def _duration_text(text: str) -> float | None:
 
 def parse_duration(value: Any) -> float | None:
     """ISO 8601 (`PT30M46.18S`) or .NET TimeSpan (`00:20:23.0896697`, `1.02:00:00`) as seconds."""
-    seconds = _duration_text(value.strip()) if isinstance(value, str) else _number(value)
+    seconds = _duration_text(value.strip()) if isinstance(value, str) else number(value)
     # Nothing runs backwards or for a century; anything else (NaN too) is garbage, not a duration.
     return seconds if seconds is not None and 0 <= seconds <= _MAX_DURATION else None
 
@@ -282,64 +337,76 @@ def parse_size(value: Any) -> int | None:
 
 def normalise_operation(raw: Any) -> tuple[str, str]:
     """`Backup (Full)` -> (`Backup`, `Full`); any other text unchanged with no detail; none -> `Unknown`."""
-    text = _text(raw).strip()
+    text = as_text(raw).strip()
     if not text:
         return "Unknown", ""
     if not text.endswith(")") or text.count("(") != 1 or text.count(")") != 1:
-        return _label(text), ""
+        return label(text), ""
     base, _, detail = text[:-1].partition("(")
     base = base.strip()
     if not base:
-        return _label(text), ""
-    return _label(base), _label(detail.strip())
+        return label(text), ""
+    return label(base), label(detail.strip())
 
 
-def normalise_status(raw: Any) -> str:
-    """A job status in its canonical spelling; an unknown one is kept as sent, bounded like a label."""
+def normalise_status(raw: Any, spellings: Mapping[str, str] | None = None, *, provider: str = "") -> str:
+    """A job status in the product's spelling; `spellings` (lower case) adds a provider's own words.
+
+    An unknown spelling is kept as sent, bounded like a label: its own state, never a success, never
+    final; it is logged once per provider and spelling.
+    """
     if not isinstance(raw, str) or not raw.strip():
         return "Unknown"
     text = raw.strip()
-    return _STATUS_BY_LOWER.get(text.lower()) or _label(text)
+    lowered = text.lower()
+    known = _STATUS_BY_LOWER.get(lowered) or (spellings or {}).get(lowered)
+    if known is not None:
+        return known
+    status = label(text)
+    if (provider, status) not in _UNKNOWN_LOGGED and len(_UNKNOWN_LOGGED) < 1000:
+        _UNKNOWN_LOGGED.add((provider, status))
+        log.warning("unknown_job_status", provider=provider, status=status)
+    return status
 
 
-def _list(value: Any) -> list[Any]:
+def json_list(value: Any) -> list[Any]:
     """A JSON array, or nothing when the field is missing, null or not an array."""
     return value if isinstance(value, list) else []
 
 
-def _objects(value: Any) -> list[dict[str, Any]]:
+def objects(value: Any) -> list[dict[str, Any]]:
     """The first MAX_ITEMS objects of a JSON array; other items are skipped."""
-    return list(islice((item for item in _list(value) if isinstance(item, dict)), MAX_ITEMS))
+    return list(islice((item for item in json_list(value) if isinstance(item, dict)), MAX_ITEMS))
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """A JSON string or number as text, as sent; null, an object or an array is no text."""
     if isinstance(value, str):
         return value
     return str(value) if isinstance(value, int | float) else ""
 
 
-def _utf8(text: str) -> str:
+def utf8(text: str) -> str:
     """`text` with lone surrogates (JSON may escape one) as U+FFFD: the store and /metrics write UTF-8."""
     return _LONE_SURROGATE.sub("\ufffd", text)
 
 
-def _label(value: Any) -> str:
+def label(value: Any) -> str:
     """A label value: bounded first, so a huge text is hashed once and only its kept start is scanned."""
-    return _utf8(bounded_label(_text(value)))
+    return utf8(bounded_label(as_text(value)))
 
 
-def _free_text(value: Any) -> str:
+def free_text(value: Any) -> str:
     """Text cut to MAX_TEXT_CHARS, ending in "…" when it was longer."""
-    text = _text(value)
-    return _utf8(text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…")
+    text = as_text(value)
+    return utf8(text if len(text) <= MAX_TEXT_CHARS else text[: MAX_TEXT_CHARS - 1] + "…")
 
 
-def _first(items: Iterable[str], limit: int = MAX_ITEMS) -> tuple[str, ...]:
+def first(items: Iterable[str], limit: int = MAX_ITEMS) -> tuple[str, ...]:
     return tuple(islice(items, limit))
 
 
-def _unique(items: Iterable[str]) -> Iterator[str]:
+def unique(items: Iterable[str]) -> Iterator[str]:
     """Items in first-seen order without repeats, lazily: reading stops once enough are found."""
     seen: set[str] = set()
     for item in items:
@@ -348,7 +415,7 @@ def _unique(items: Iterable[str]) -> Iterator[str]:
             yield item
 
 
-def _bag_lookup(bag: Mapping[str, str], wanted: str) -> str | None:
+def bag_lookup(bag: Mapping[str, str], wanted: str) -> str | None:
     """Find a propertyBag key ignoring case, spaces and trailing blanks (the keys drift)."""
     norm = wanted.replace(" ", "").lower()
     for key, value in bag.items():
@@ -361,105 +428,59 @@ def _bag_lookup(bag: Mapping[str, str], wanted: str) -> str | None:
 # body parsers
 
 
-def _job_ident(body: dict[str, Any]) -> str:
-    """The job's `name`, else the last segment of its `id`."""
-    return _text(body.get("name")) or _text(body.get("id")).rsplit("/", 1)[-1]
+def job_ident(body: dict[str, Any]) -> str:
+    """A resource's `name`, else the last segment of its `id`."""
+    return as_text(body.get("name")) or as_text(body.get("id")).rsplit("/", 1)[-1]
 
 
-def parse_job(body: Any) -> Job:
-    """A `backupJobs` GET body or list item as a Job; BadResponseError if it is not a job at all."""
-    if not isinstance(body, dict):
-        raise BadResponseError(f"job body is not an object but {type(body).__name__}")
-    props = body.get("properties")
-    if not isinstance(props, dict):
-        raise BadResponseError("job body has no 'properties' object")
-    job_id = _job_ident(body)
-    if not job_id:
-        raise BadResponseError("job body has neither 'name' nor 'id'")
-    arm_id = _utf8(_text(body.get("id")))
-    try:
-        vault: VaultRef | None = VaultRef.from_arm_id(arm_id) if arm_id else None
-    except ValueError:
-        vault = None
-
-    operation, detail = normalise_operation(props.get("operation"))
-
-    extended = props.get("extendedInfo")
-    tasks: tuple[JobTask, ...] = ()
-    bag: dict[str, str] = {}
-    progress: float | None = None
-    if isinstance(extended, dict):
-        tasks = tuple(
-            JobTask(
-                task_id=_free_text(task.get("taskId")),
-                status=_free_text(task.get("status")),
-                duration_seconds=parse_duration(task.get("duration")),
-            )
-            for task in _objects(extended.get("tasksList"))
-        )
-        raw_bag = extended.get("propertyBag")
-        if isinstance(raw_bag, dict):
-            bag = {_free_text(k): _free_text(v) for k, v in islice(raw_bag.items(), MAX_ITEMS)}
-        pct = _number(extended.get("progressPercentage"))
-        progress = pct if pct is not None and 0 <= pct <= 100 else None
-
-    errors = tuple(
-        JobError(
-            code=_free_text(err.get("errorCode")),
-            title=_free_text(err.get("errorTitle")),
-            message=_free_text(err.get("errorString")),
-            recommendations=_first(
-                (_free_text(r) for r in _list(err.get("recommendations")) if r is not None),
-                MAX_RECOMMENDATIONS,
-            ),
-        )
-        for err in _objects(props.get("errorDetails"))
-    )
-
-    size_text = _bag_lookup(bag, "Backup Size")
-    return Job(
-        job_id=_label(job_id),
-        vault=vault,
-        job_type=_label(props.get("jobType")) or "Unknown",
-        operation=operation,
-        operation_detail=detail,
-        status=normalise_status(props.get("status")),
-        entity=_label(props.get("entityFriendlyName")),
-        backup_management_type=_free_text(props.get("backupManagementType")),
-        start_time=parse_time(props.get("startTime")),
-        end_time=parse_time(props.get("endTime")),
-        duration_seconds=parse_duration(props.get("duration")),
-        workload_type=_free_text(props.get("workloadType")) or None,
-        progress_percent=progress,
-        tasks=tasks,
-        errors=errors,
-        property_bag=bag,
-        backup_size_bytes=parse_size(size_text) if size_text is not None else None,
-        has_extended_info=isinstance(extended, dict),
-    )
+T = TypeVar("T")
 
 
-def parse_job_page(body: Any) -> JobPage:
-    """A list page: its jobs, the items that are not jobs set aside, and the nextLink if any.
+def parse_page(
+    body: Any, parse_item: Callable[[Any], T], what: str = "job"
+) -> tuple[list[T], list[RejectedItem]]:
+    """A list page's items that parse, and the ones set aside; BadResponseError if it is no page at all.
 
-    BadResponseError only when the page itself is not an object with a `value` array.
+    An item that `parse_item` refuses (BadResponseError) does not fail its page: it is set aside with its
+    position, name and reason, for the caller to count.
     """
     items = body.get("value") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise BadResponseError("job list body has no 'value' array")
-    jobs: list[Job] = []
+        raise BadResponseError(f"{what} list body has no 'value' array")
+    parsed: list[T] = []
     rejected: list[RejectedItem] = []
     for index, item in enumerate(items):
         try:
-            jobs.append(parse_job(item))
+            parsed.append(parse_item(item))
         except BadResponseError as exc:
             rejected.append(RejectedItem(index=index, ident=_rejected_ident(item), reason=str(exc)))
-    next_link = body.get("nextLink")
-    return JobPage(
-        jobs=jobs,
-        rejected=rejected,
-        next_link=next_link if isinstance(next_link, str) and next_link else None,
+    return parsed, rejected
+
+
+def next_link(body: Any) -> str | None:
+    """A page's nextLink, when it names one (absent, null or empty: the last page)."""
+    link = body.get("nextLink") if isinstance(body, dict) else None
+    return link if isinstance(link, str) and link else None
+
+
+def parse_vault(body: Any, kind: VaultKind) -> VaultInfo:
+    """A vault listing's item: its id must name a vault of `kind`; tags whose value is no text are dropped."""
+    if not isinstance(body, dict):
+        raise BadResponseError(f"vault is not an object but {type(body).__name__}")
+    arm_id = as_text(body.get("id"))
+    try:
+        ref = VaultRef.from_arm_id(arm_id)
+    except ValueError:
+        raise BadResponseError(f"vault id is not a vault's ARM id: {label(arm_id)!r}") from None
+    if ref.kind is not kind or len(arm_id.strip("/").split("/")) != 8:
+        raise BadResponseError(f"vault id is not a {kind.value} vault: {label(arm_id)!r}")
+    raw_tags = body.get("tags")
+    tags = (
+        {label(k): label(v) for k, v in islice(raw_tags.items(), MAX_ITEMS) if isinstance(v, str)}
+        if isinstance(raw_tags, dict)
+        else {}
     )
+    return VaultInfo(ref=ref, location=label(body.get("location")), tags=tags)
 
 
 def _rejected_ident(item: Any) -> str:
@@ -468,32 +489,36 @@ def _rejected_ident(item: Any) -> str:
         return ""
     name, arm_id = item.get("name"), item.get("id")
     if isinstance(name, str) and name:
-        return _label(name)
-    return _label(arm_id.rsplit("/", 1)[-1]) if isinstance(arm_id, str) else ""
+        return label(name)
+    return label(arm_id.rsplit("/", 1)[-1]) if isinstance(arm_id, str) else ""
 
 
 def parse_operation(body: Any) -> OperationStatus:
     """An operation status body; the job id(s) it names once it succeeded, or its error."""
     if not isinstance(body, dict):
         raise BadResponseError(f"operation body is not an object but {type(body).__name__}")
-    status = _text(body.get("status"))
+    status = as_text(body.get("status"))
+    if not status and isinstance(body.get("jobId"), str) and body["jobId"]:
+        # A Backup vault's operationResults (its Location URL) answers the result alone, once it is done.
+        return OperationStatus(operation_id="", status="Succeeded", job_ids=(free_text(body["jobId"]),))
     if not status:
         raise BadResponseError("operation body has no 'status'")
     props = body.get("properties")
     job_ids: tuple[str, ...] = ()
     object_type: str | None = None
     if isinstance(props, dict):
-        object_type = _free_text(props.get("objectType")) or None
-        named = [props.get("jobId"), *_list(props.get("jobIds"))]
-        job_ids = _first(_unique(_label(j) for j in named if isinstance(j, str) and j))
+        object_type = free_text(props.get("objectType")) or None
+        named = [props.get("jobId"), *json_list(props.get("jobIds"))]
+        # A Backup vault names its job by full ARM id, which may be longer than a label.
+        job_ids = first(unique(free_text(j) for j in named if isinstance(j, str) and j))
     error = body.get("error")
     code = message = None
     if isinstance(error, dict):
-        code = _free_text(error.get("code")) or None
-        message = _free_text(error.get("message")) or None
+        code = free_text(error.get("code")) or None
+        message = free_text(error.get("message")) or None
     return OperationStatus(
-        operation_id=_label(_job_ident(body)),
-        status=_OPERATION_STATUS_BY_LOWER.get(status.lower()) or _label(status),
+        operation_id=label(job_ident(body)),
+        status=_OPERATION_STATUS_BY_LOWER.get(status.lower()) or label(status),
         job_ids=job_ids,
         object_type=object_type,
         error_code=code,
