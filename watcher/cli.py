@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     target = track.add_mutually_exclusive_group(required=True)
     target.add_argument(
         "--vault-id",
-        help="/subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/NAME",
+        help="the vault's ARM id: /subscriptions/S/resourceGroups/RG/providers/Microsoft.RecoveryServices"
+        "/vaults/NAME or .../Microsoft.DataProtection/backupVaults/NAME",
     )
     target.add_argument("--operation-url", help="an Azure-AsyncOperation or backupOperations URL")
     track.add_argument("--job-id", help="the job to follow (with --vault-id)")
