@@ -801,7 +801,13 @@ async def test_daemon_reports_auth_failure_and_keeps_the_last_known_state(
     """Refused tokens: poll errors with reason auth, an auth_failed log, and the job stays InProgress."""
     add_job(estate, clock, duration=30)
     config = vault_config(sim, tmp_path)
-    labels = {"subscription_id": SUB, "resource_group": RG, "vault": VAULT, "vault_type": "recovery_services", "reason": "auth"}
+    labels = {
+        "subscription_id": SUB,
+        "resource_group": RG,
+        "vault": VAULT,
+        "vault_type": "recovery_services",
+        "reason": "auth",
+    }
     with capture_logs() as logs:
         async with running_watcher(config) as watcher:
             assert watcher.tracker is not None

@@ -68,6 +68,16 @@ async def http_get(url: str) -> tuple[int, str]:
         return response.status, await response.text()
 
 
+def _item_values(text: str, metric: str, **match: str) -> dict[str, float]:
+    """`item` label -> value of one family's samples (those whose labels include `match`)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and all(sample.labels.get(k) == v for k, v in match.items()):
+                out[sample.labels["item"]] = sample.value
+    return out
+
+
 async def poll_until(
     check: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.1
 ) -> None:
@@ -428,6 +438,25 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     await poll_until(counted, 60, "a finished job on /metrics", interval=0.25)
     first_counted = time.monotonic() - began
 
+    async def inventory() -> bool:
+        text = (await http_get(url[0]))[1]
+        points = _item_values(text, "azure_backup_item_last_recovery_point_timestamp_seconds")
+        pending = {
+            item
+            for item, value in _item_values(
+                text, "azure_backup_item_protection_state", state="pending"
+            ).items()
+            if value == 1.0
+        }
+        stale = any(at < time.time() - 2 * 86400 for at in points.values())
+        never = bool(pending - set(points))
+        return daemon.alive() and stale and never
+
+    await poll_until(
+        inventory, 60 - (time.monotonic() - began), "a stale and a never-backed-up item on /metrics"
+    )
+    first_inventory = time.monotonic() - began
+
     async def printed() -> bool:
         return daemon.alive() and re.search(rf"\bInProgress -> {FINAL}\b", daemon.stdout()) is not None
 
@@ -439,6 +468,7 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     with capsys.disabled():
         print(
             f"\n[demo] first azure_backup_jobs_finished_total > 0 after {first_counted:.1f} s; "
+            f"a stale and a never-backed-up item on /metrics after {first_inventory:.1f} s; "
             f"first job seen finishing (printed 'InProgress -> ...') after {first_change:.1f} s; "
             f"SIGTERM took {took:.2f} s"
         )

@@ -35,7 +35,7 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import SUB, TOKEN_ENV, cli, free_port
-from watcher.sim import Estate, RecurringJob, SimJob, start_simulator
+from watcher.sim import Estate, RecurringJob, SimItem, SimJob, start_simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -48,9 +48,16 @@ VAULT = "vault-e2e"
 FAILING = "vm-e2e-fail"  # its one backup fails a few seconds after it starts
 STALE = "vm-e2e-stale"  # its last successful backup ended an hour ago; none since
 FRESH = "vm-e2e-fresh"  # backed up every 10 seconds: must never look stale
+# A vault whose inventory speaks for its items (it has no jobs at all): what a new watcher knows at once.
+INVENTORY_VAULT = "vault-e2e-inventory"
+ITEM_STALE = "vm-inv-stale"  # last recovery point 3 days old
+ITEM_NEVER = "vm-inv-never"  # protected, never backed up
+ITEM_STOPPED = "vm-inv-stopped"  # protection stopped 9 days ago: no alert on its age
+ITEM_HEALTHY = "vm-inv-healthy"  # a recovery point every 10 seconds
 
-# Rewritten for speed; the real values are 26h and 2m.
+# Rewritten for speed; the real values are 26h, 26h and 2m.
 MAX_AGE_SECONDS = 60
+FIRST_BACKUP_WAIT_SECONDS = 5
 DOWN_FOR = "5s"
 WAIT = 90.0  # seconds, the most any one step may take
 JOB = "backup-watcher"  # the scrape job name AzureBackupWatcherDown looks for
@@ -115,16 +122,30 @@ def fast_rules() -> dict[str, Any]:
     assert len(defaults) == 1, "expected one default azure_backup:backup_max_age_seconds: update this test"
     assert "expr" in defaults[0]
     defaults[0]["expr"] = str(MAX_AGE_SECONDS)
+    waits = [
+        rule
+        for rule in groups["azure-backup-thresholds"]["rules"]
+        if rule.get("record") == "azure_backup:first_backup_max_wait_seconds" and not rule.get("labels")
+    ]
+    assert len(waits) == 1, (
+        "expected one default azure_backup:first_backup_max_wait_seconds: update this test"
+    )
+    waits[0]["expr"] = str(FIRST_BACKUP_WAIT_SECONDS)
 
     alerts = _rules_by_name(rules)
     assert "for" in alerts["AzureBackupWatcherDown"], (
         "AzureBackupWatcherDown lost its `for:`: update this test"
     )
     alerts["AzureBackupWatcherDown"]["for"] = DOWN_FOR
-    for name in ("AzureBackupJobFailed", "AzureBackupNoRecentSuccess"):
+    for name in (
+        "AzureBackupJobFailed",
+        "AzureBackupNoRecentSuccess",
+        "AzureBackupItemNoRecentRecoveryPoint",
+        "AzureBackupItemNeverBackedUp",
+    ):
         # These fire at once (runbooks.md, "Tuning"); a `for:` would need shortening here too.
         assert "for" not in alerts[name], f"{name} has a `for:` now: shorten it here too"
-        assert "azure_backup_last" in alerts[name]["expr"], name
+        assert "azure_backup_" in alerts[name]["expr"], name
     assert "azure_backup_item:backup_max_age_seconds" in alerts["AzureBackupNoRecentSuccess"]["expr"]
     return rules
 
@@ -139,13 +160,23 @@ def test_rewritten_rules_differ_from_the_shipped_ones_only_where_shortened() -> 
         if rule["record"] == "azure_backup:backup_max_age_seconds" and not rule.get("labels")
     )
     assert threshold["expr"] == str(MAX_AGE_SECONDS)
+    wait = next(
+        rule
+        for rule in fast["groups"][0]["rules"]
+        if rule["record"] == "azure_backup:first_backup_max_wait_seconds" and not rule.get("labels")
+    )
+    assert wait["expr"] == str(FIRST_BACKUP_WAIT_SECONDS)
     down = _rules_by_name(fast)["AzureBackupWatcherDown"]
     assert down["for"] == DOWN_FOR
-    threshold["expr"] = next(
-        rule["expr"]
-        for rule in shipped["groups"][0]["rules"]
-        if rule["record"] == "azure_backup:backup_max_age_seconds" and not rule.get("labels")
-    )
+    for rewritten, name in (
+        (threshold, "azure_backup:backup_max_age_seconds"),
+        (wait, "azure_backup:first_backup_max_wait_seconds"),
+    ):
+        rewritten["expr"] = next(
+            rule["expr"]
+            for rule in shipped["groups"][0]["rules"]
+            if rule["record"] == name and not rule.get("labels")
+        )
     down["for"] = _rules_by_name(shipped)["AzureBackupWatcherDown"]["for"]
     assert fast == shipped
 
@@ -194,12 +225,16 @@ def watcher_config(endpoint: str, listen: str, store: Path) -> dict[str, Any]:
             "request_timeout": "5s",
             "backoff_initial": "0.1s",
             "backoff_max": "1s",
+            "inventory_interval": "10s",
         },
         "discovery": {"enabled": True, "lookback": "3h"},
         "store": {"path": str(store)},
         "http": {"listen": listen},
         "logging": {"format": "json", "level": "info"},
-        "vaults": [{"subscription_id": SUB, "resource_group": RG, "name": VAULT}],
+        "vaults": [
+            {"subscription_id": SUB, "resource_group": RG, "name": VAULT},
+            {"subscription_id": SUB, "resource_group": RG, "name": INVENTORY_VAULT},
+        ],
     }
 
 
@@ -237,6 +272,19 @@ def scenario(now: float) -> Estate:
     estate.add(vm_backup(FAILING, now, 4.0, "Failed", error_code=400136))
     estate.add(vm_backup(STALE, now - 3600 - 600, 600.0, size_mb=2048))
     estate.add_recurring(RecurringJob(vm_backup(FRESH, now - 30, 2.0, size_mb=512), every=10.0))
+
+    day = 86400.0
+
+    def item(name: str, **extra: Any) -> SimItem:
+        return SimItem(SUB, RG, INVENTORY_VAULT, "vm", name, first_protected=now - 30 * day, **extra)
+
+    estate.add_vault(SUB, RG, INVENTORY_VAULT)
+    estate.add_item(item(ITEM_STALE, recovery_points=(now - 3 * day,)))
+    estate.add_item(item(ITEM_NEVER))
+    estate.add_item(
+        item(ITEM_STOPPED, protection_state="ProtectionStopped", recovery_points=(now - 9 * day,))
+    )
+    estate.add_item(item(ITEM_HEALTHY, recovery_points=(now - 5,), every=10.0))
     return estate
 
 
@@ -418,25 +466,48 @@ def assert_item_alert(note: Notification, alertname: str, entity: str, severity:
     labels = note.labels
     assert set(labels) == {
         "alertname", "severity", "job", "instance",
-        "subscription_id", "resource_group", "vault", "entity", "operation",
+        "subscription_id", "resource_group", "vault", "vault_type", "entity", "operation",
     }, labels  # fmt: skip
     assert labels["alertname"] == alertname
     assert labels["severity"] == severity
-    assert (labels["subscription_id"], labels["resource_group"], labels["vault"]) == (SUB, RG, VAULT)
+    vault = (labels["subscription_id"], labels["resource_group"], labels["vault"], labels["vault_type"])
+    assert vault == (SUB, RG, VAULT, "recovery_services")
     assert labels["entity"] == entity
     assert labels["operation"] == "Backup"
     assert labels["job"] == JOB
-    assert note.path == path, f"{alertname} ({severity}) went to {note.path}, not {path}"
+    _assert_route_and_text(note, alertname, entity, VAULT, path)
+
+
+def assert_inventory_alert(note: Notification, alertname: str, entity: str, severity: str, path: str) -> None:
+    """An inventory alert names the item (its name and friendly name, type and policy) and its vault."""
+    labels = note.labels
+    assert set(labels) == {
+        "alertname", "severity", "job", "instance", "subscription_id", "resource_group", "vault",
+        "vault_type", "item", "entity", "item_type", "policy",
+    }, labels  # fmt: skip
+    assert labels["alertname"] == alertname
+    assert labels["severity"] == severity
+    vault = (labels["subscription_id"], labels["resource_group"], labels["vault"], labels["vault_type"])
+    assert vault == (SUB, RG, INVENTORY_VAULT, "recovery_services")
+    assert labels["entity"] == entity
+    assert labels["item"].endswith(f";{entity}")
+    assert labels["item_type"] == "Microsoft.Compute/virtualMachines"
+    _assert_route_and_text(note, alertname, entity, INVENTORY_VAULT, path)
+
+
+def _assert_route_and_text(note: Notification, alertname: str, entity: str, vault: str, path: str) -> None:
+    assert note.path == path, f"{alertname} went to {note.path}, not {path}"
     assert note.group_labels == {
         "alertname": alertname,
         "subscription_id": SUB,
         "resource_group": RG,
-        "vault": VAULT,
+        "vault": vault,
+        "vault_type": "recovery_services",
     }
     summary, description = note.annotations["summary"], note.annotations["description"]
     assert entity in summary, summary
-    assert VAULT in summary, summary
-    for needle in (entity, VAULT, RG, SUB):
+    assert vault in summary, summary
+    for needle in (entity, vault, RG, SUB):
         assert needle in description, (needle, description)
     assert_runbook(note.annotations, alertname)
 
@@ -452,7 +523,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
     cli_env: dict[str, str],
     record_property: Callable[[str, object], None],
 ) -> None:
-    """A failed job and a stale item reach the receiver as alerts; stopping the watcher fires WatcherDown."""
+    """A failed job, a stale item by its job history, and from a new watcher's first inventory round a stale and a never-backed-up item (not the stopped or healthy ones) reach the receiver; stopping the watcher fires WatcherDown."""
     fast = fast_rules()
     rules = _rules_by_name(fast)
     with timed(record_property) as figures:
@@ -541,6 +612,40 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
                 "/pager",
             )
             assert "1h" in stale[0].annotations["summary"], "the summary gives the item's age"
+            figures["inventory_alerts"] = await wait_until(
+                "AzureBackupItemNoRecentRecoveryPoint and AzureBackupItemNeverBackedUp reach the receiver",
+                lambda: bool(
+                    receiver.firing("AzureBackupItemNoRecentRecoveryPoint")
+                    and receiver.firing("AzureBackupItemNeverBackedUp")
+                ),
+                servers,
+            )
+            # A few more evaluations, so an alert for the stopped or healthy item would have come too.
+            await asyncio.sleep(5)
+            no_point = receiver.firing("AzureBackupItemNoRecentRecoveryPoint")
+            assert {n.labels["entity"] for n in no_point} == {ITEM_STALE}, (
+                "only the stale item, not the stopped one"
+            )
+            assert_inventory_alert(
+                no_point[0],
+                "AzureBackupItemNoRecentRecoveryPoint",
+                ITEM_STALE,
+                rules["AzureBackupItemNoRecentRecoveryPoint"]["labels"]["severity"],
+                "/pager",
+            )
+            assert "3d" in no_point[0].annotations["summary"], "the summary gives the item's age"
+            never = receiver.firing("AzureBackupItemNeverBackedUp")
+            assert {n.labels["entity"] for n in never} == {ITEM_NEVER}
+            assert_inventory_alert(
+                never[0],
+                "AzureBackupItemNeverBackedUp",
+                ITEM_NEVER,
+                rules["AzureBackupItemNeverBackedUp"]["labels"]["severity"],
+                "/pager",
+            )
+            # The job-history age alert stands aside for items the inventory speaks for: one alert each.
+            assert {n.labels["entity"] for n in receiver.firing("AzureBackupNoRecentSuccess")} == {STALE}
+
             # The rule's `absent()` branch (no instance label) may fire while a fresh Prometheus has not
             # scraped yet; only a failed scrape of the running watcher would be wrong here.
             assert not receiver.watcher_down(watcher_at)

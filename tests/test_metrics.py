@@ -25,7 +25,7 @@ from prometheus_client.samples import Sample
 from tests.conftest import SUB, SUB2, TOKEN_ENV, FakeClock, running_watcher, wait_for
 from watcher.app import Watcher
 from watcher.config import load_config
-from watcher.sim import Estate, SimJob, Simulator
+from watcher.sim import Estate, SimItem, SimJob, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS_DOC = ROOT / "docs" / "metrics.md"
@@ -53,6 +53,14 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "azure_backup_last_job_status_success": ("gauge", ITEM_LABELS),
     "azure_backup_last_job_duration_seconds": ("gauge", ITEM_LABELS),
     "azure_backup_last_backup_size_bytes": ("gauge", VAULT_LABELS | {"entity"}),
+    "azure_backup_item_info": (
+        "gauge",
+        VAULT_LABELS | {"item", "entity", "item_type", "policy", "source_resource_id"},
+    ),
+    "azure_backup_item_last_recovery_point_timestamp_seconds": ("gauge", VAULT_LABELS | {"item"}),
+    "azure_backup_item_first_seen_timestamp_seconds": ("gauge", VAULT_LABELS | {"item"}),
+    "azure_backup_item_protection_state": ("gauge", VAULT_LABELS | {"item", "state"}),
+    "azure_backup_item_health": ("gauge", VAULT_LABELS | {"item", "health"}),
     "azure_backup_watcher_build_info": ("gauge", frozenset({"version"})),
     "azure_backup_watcher_api_requests_total": (
         "counter",
@@ -248,6 +256,13 @@ def _full_estate(estate: Estate, now: float) -> SimJob:
         _job("vault-b", "vm-b", start=now - 40, duration=30),
     ):
         estate.add(job)
+    # The inventory: an item backed up an hour ago, and one never backed up.
+    estate.add_item(
+        SimItem(
+            SUB, RG, "vault-a", "vm", "vm-long", recovery_points=(now - 3600,), first_protected=now - 86400
+        )
+    )
+    estate.add_item(SimItem(SUB, RG, "vault-a", "vm", "vm-new", first_protected=now - 600))
     return ending
 
 
@@ -286,6 +301,7 @@ async def exposition(tmp_path: Path, estate: Estate, clock: FakeClock, sim: Simu
                 and all(tj.start_time is not None or tj.state == "not_found" for tj in tracker.jobs.values())
                 and all(v.last_ok_poll is not None for v in tracker.vaults.values())
                 and (throttled or 0) > 0
+                and sum(len(items) for items in tracker.inventory.values()) == 2
             )
 
         await wait_for(settled)

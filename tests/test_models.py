@@ -974,7 +974,9 @@ def test_operation_texts_are_bounded() -> None:
     )
     label = bounded_label(long)
     assert (op.operation_id, op.status) == (label, label)
-    assert {len(t or "") for t in (op.object_type, op.error_code, op.error_message, *op.job_ids)} == {MAX_TEXT_CHARS}
+    assert {len(t or "") for t in (op.object_type, op.error_code, op.error_message, *op.job_ids)} == {
+        MAX_TEXT_CHARS
+    }
 
 
 # ------------------------------------------------------------------------------------------

@@ -50,6 +50,21 @@ CONTRACT_METRICS = {
     "azure_backup_watcher_last_successful_poll_timestamp_seconds": "gauge",
     "azure_backup_watcher_discovery_gaps_total": "counter",
     "azure_backup_watcher_config_last_reload_successful": "gauge",
+    "azure_backup_item_info": "gauge",
+    "azure_backup_item_last_recovery_point_timestamp_seconds": "gauge",
+    "azure_backup_item_first_seen_timestamp_seconds": "gauge",
+    "azure_backup_item_protection_state": "gauge",
+    "azure_backup_item_health": "gauge",
+}
+# Metrics labelled with a vault: <vault> is subscription_id, resource_group, vault and vault_type.
+VAULT_METRICS = set(CONTRACT_METRICS) - {
+    "azure_backup_job_duration_seconds",
+    "azure_backup_watcher_build_info",
+    "azure_backup_watcher_api_requests_total",
+    "azure_backup_watcher_api_request_duration_seconds",
+    "azure_backup_watcher_api_throttled_total",
+    "azure_backup_watcher_ratelimit_remaining_reads",
+    "azure_backup_watcher_config_last_reload_successful",
 }
 # Series Prometheus makes itself.
 PROMETHEUS_SERIES = {"up"}
@@ -63,9 +78,18 @@ REQUIRED_ALERTS = {
     "AzureBackupWatcherPollFailing",
     "AzureBackupWatcherThrottled",
     "AzureBackupWatcherAuthFailing",
+    "AzureBackupItemNoRecentRecoveryPoint",
+    "AzureBackupItemNeverBackedUp",
+    "AzureBackupItemHealthActionRequired",
 }
 # The thresholds a user tunes, recorded in the first rule group.
-TUNABLES = {"azure_backup:backup_max_age_seconds", "azure_backup:job_max_running_seconds"}
+TUNABLES = {
+    "azure_backup:backup_max_age_seconds",
+    "azure_backup:job_max_running_seconds",
+    "azure_backup:first_backup_max_wait_seconds",
+}
+# Grafana's variables, replaced by values of the same shape to check panel queries with promtool.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "7d", "$__interval": "1m"}
 
 _PROMQL_WORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
@@ -141,12 +165,33 @@ def _dashboard_panels() -> list[dict[str, Any]]:
     return panels
 
 
+def _vault_labelled_series() -> set[str]:
+    """Contract metrics with vault labels, and the recorded series that keep them."""
+    recorded = {
+        name
+        for name in _recorded_names()
+        if name.startswith(("azure_backup_item:", "azure_backup_job:", "azure_backup_inventory_item:"))
+        or name == "azure_backup:jobs_finished:increase1h"
+    }
+    return VAULT_METRICS | recorded
+
+
+def _clauses(expr: str) -> list[set[str]]:
+    """Label lists of the by/on/ignoring/without/group_left/group_right clauses of an expression."""
+    found = re.findall(r"\b(?:by|on|ignoring|without|group_left|group_right)\s*\(([^)]*)\)", expr)
+    return [{label.strip() for label in labels.split(",") if label.strip()} for labels in found]
+
+
+def _variable_query(variable: dict[str, Any]) -> str:
+    query = variable["query"]
+    return query["query"] if isinstance(query, dict) else query
+
+
 def _dashboard_queries() -> list[str]:
     queries = [target["expr"] for panel in _dashboard_panels() for target in panel.get("targets", [])]
     for variable in _dashboard()["templating"]["list"]:
         if variable["type"] == "query":
-            query = variable["query"]
-            queries.append(query["query"] if isinstance(query, dict) else query)
+            queries.append(_variable_query(variable))
     return queries
 
 
@@ -257,6 +302,7 @@ def test_alertmanager_groups_by_vault_and_inhibits_when_watcher_down() -> None:
         "subscription_id",
         "resource_group",
         "vault",
+        "vault_type",
     ]
     down_rules = [
         rule
@@ -357,7 +403,7 @@ def test_dashboard_structure() -> None:
     variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    assert {"subscription", "vault"} <= set(variables)
+    assert {"subscription", "vault", "vault_type"} <= set(variables)
     panels = _dashboard_panels()
     ids = [panel["id"] for panel in panels]
     assert len(ids) == len(set(ids))
@@ -401,3 +447,98 @@ def test_contract_metric_list_matches_the_readme() -> None:
     """The metric list in this test is the README's metric table, name for name and type."""
     text = README.read_text(encoding="utf-8").split("\n## Metrics", 1)[1].split("\n## ", 1)[0]
     assert _metric_table(text) == CONTRACT_METRICS
+
+
+def test_rules_carry_vault_type_wherever_they_carry_a_vault() -> None:
+    """Every by/on clause that names a vault (subscription_id and vault) names vault_type too.
+
+    The threshold overrides match on the vault's name alone, by design (docs/runbooks.md#tuning),
+    and name no subscription_id.
+    """
+    for rule in _rules():
+        for labels in _clauses(str(rule["expr"])):
+            if {"subscription_id", "vault"} <= labels:
+                assert "vault_type" in labels, (rule.get("alert") or rule.get("record"), labels)
+            if "vault" in labels and "subscription_id" not in labels:
+                assert labels <= {"vault", "entity"}, (rule.get("alert") or rule.get("record"), labels)
+
+
+def test_job_history_age_alert_stands_aside_for_inventory_items() -> None:
+    """AzureBackupNoRecentSuccess leaves every item the inventory lists to the inventory's alert."""
+    alerts = {rule["alert"]: rule for rule in _alert_rules()}
+    expr = re.sub(r"\s+", " ", alerts["AzureBackupNoRecentSuccess"]["expr"])
+    assert (
+        "unless on (subscription_id, resource_group, vault, vault_type, entity) azure_backup_item_info"
+        in expr
+    )
+    inventory_expr = alerts["AzureBackupItemNoRecentRecoveryPoint"]["expr"]
+    assert "azure_backup_item_last_recovery_point_timestamp_seconds" in inventory_expr
+
+
+def test_dashboard_filters_vault_series_by_vault_type() -> None:
+    """Every selector of a vault-labelled series filters by $vault_type, every by() or on() with
+    vault keeps vault_type, and the vault_type variable is a regex that defaults to all."""
+    variables = {variable["name"]: variable for variable in _dashboard()["templating"]["list"]}
+    assert variables["vault_type"]["includeAll"]
+    assert variables["vault_type"]["allValue"] == ".*"
+    assert 'vault_type=~"$vault_type"' in _variable_query(variables["vault"])
+    vault_series = _vault_labelled_series()
+    selector = re.compile(r'(?<![\w:$"])([A-Za-z_:][\w:]*)(?![\w:])(\s*\{[^}]*\})?')
+    for panel in _dashboard_panels():
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, matchers in selector.findall(expr):
+                if name in vault_series:
+                    assert 'vault_type=~"$vault_type"' in matchers, (panel["title"], name)
+            for labels in _clauses(expr):
+                if "vault" in labels:
+                    assert "vault_type" in labels, (panel["title"], labels)
+            if "{{vault}}" in target.get("legendFormat", ""):
+                assert "{{vault_type}}" in target["legendFormat"], panel["title"]
+
+
+def test_dashboard_covers_the_inventory() -> None:
+    """A row shows the inventory: stale items, never backed up, protection states and health."""
+    titles = {panel["title"] for panel in _dashboard_panels()}
+    assert "Protected item inventory" in titles
+    queries = "\n".join(_dashboard_queries())
+    for needle in [
+        "time() - (azure_backup_item_last_recovery_point_timestamp_seconds",
+        "azure_backup_inventory_item:backup_max_age_seconds",
+        "time() - azure_backup_item_first_seen_timestamp_seconds",
+        "azure_backup_inventory_item:first_backup_max_wait_seconds",
+        "sum by (state) (azure_backup_item_protection_state",
+        "sum by (health) (azure_backup_item_health",
+        "azure_backup_item_info",
+    ]:
+        assert needle in queries, needle
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """Every panel query, and the selector of every label_values() variable, parses as PromQL.
+
+    promtool has no parse-only command for a query; a rule file of them is the next best thing.
+    """
+    exprs = []
+    for query in _dashboard_queries():
+        label_values = re.fullmatch(r"\s*label_values\((?:(.*),)?\s*\w+\s*\)\s*", query, re.DOTALL)
+        if label_values:
+            query = label_values.group(1) or ""
+            if not query:
+                continue
+        for variable, value in GRAFANA_VARIABLES.items():
+            query = query.replace(variable, value)
+        query = re.sub(r"\$\{?\w+\}?", ".*", query)
+        exprs.append(query)
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard-queries",
+                "rules": [{"record": f"dashboard:query_{i}", "expr": expr} for i, expr in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    output = _run(promtool, "check", "rules", str(path))
+    assert f"SUCCESS: {len(exprs)} rules found" in output

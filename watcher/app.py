@@ -193,7 +193,7 @@ class Watcher:
         )
 
     def stale_vaults(self) -> list[str]:
-        """One line per vault without a good poll for several intervals, for /healthz."""
+        """One line per vault without a good poll for several intervals, or whose inventory keeps failing."""
         if self.scheduler is None:
             return []
         out = []
@@ -204,6 +204,13 @@ class Watcher:
             out.append(
                 f"{ref.subscription_id}/{ref.resource_group}/{ref.name}: no good poll for "
                 f"{int(now - (s.last_ok or s.watched_since))}s" + (f" ({why})" if why else "")
+            )
+        for s in self.scheduler.stale_inventories():
+            ref = s.ref
+            out.append(
+                f"{ref.subscription_id}/{ref.resource_group}/{ref.name}: inventory failing for "
+                f"{int(now - (s.inventory_failing_since or now))}s ({s.last_inventory_error}); "
+                "its items left /metrics"
             )
         return out
 

@@ -24,7 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, VaultRef
+from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, ItemHealth, ProtectionState, VaultRef
 from watcher.state import DURATION_BUCKETS, FINISHED, TRANSITIONS, Snapshot
 
 # `_created` series double the output and no rule of ours uses them.
@@ -51,6 +51,8 @@ WATCHED_STATUSES = (
     "Cancelled",
 )
 FINAL_ORDER = ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
+PROTECTION_STATES = tuple(state.value for state in ProtectionState)
+HEALTH_STATES = tuple(health.value for health in ItemHealth)
 assert set(FINAL_ORDER) == FINAL_STATUSES
 assert set(WATCHED_STATUSES) == FINAL_STATUSES | ACTIVE_STATUSES
 
@@ -240,6 +242,7 @@ class TrackerCollector(Collector):
         yield self._watched(snap)
         yield self._running(snap)
         yield from self._items(snap)
+        yield from self._inventory(snap)
         yield from self._polls(snap)
 
     def _finished(self, snap: Snapshot) -> _Family:
@@ -365,6 +368,61 @@ class TrackerCollector(Collector):
             "Backup size reported by the newest job of the protected item that reported one.",
             (*VAULT_LABELS, "entity"),
             [(entity, float(value)) for entity, (_at, value) in sorted(sizes.items())],
+        )
+
+    def _inventory(self, snap: Snapshot) -> Iterator[_Family]:
+        info: list[tuple[tuple[str, ...], Any]] = []
+        points: list[tuple[tuple[str, ...], Any]] = []
+        first_seen: list[tuple[tuple[str, ...], Any]] = []
+        states: list[tuple[tuple[str, ...], Any]] = []
+        health: list[tuple[tuple[str, ...], Any]] = []
+        for row in sorted(snap.inventory, key=lambda r: (r.vault_key, r.item)):
+            item = (row.subscription_id, row.resource_group, row.vault, row.vault_type, row.name)
+            info.append(((*item, row.entity, row.item_type, row.policy, row.source_resource_id), 1.0))
+            if row.last_recovery_point is not None:
+                points.append((item, row.last_recovery_point))
+            first_seen.append((item, row.first_seen))
+            for state in PROTECTION_STATES:
+                states.append(((*item, state), 1.0 if row.protection_state == state else 0.0))
+            for kind in HEALTH_STATES:
+                health.append(((*item, kind), 1.0 if row.health == kind else 0.0))
+        labels = (*VAULT_LABELS, "item")
+        yield _Family(
+            "azure_backup_item_info",
+            "gauge",
+            "1 for every protected item (backup instance) in Azure's inventory of the vault.",
+            (*labels, "entity", "item_type", "policy", "source_resource_id"),
+            info,
+        )
+        yield _Family(
+            "azure_backup_item_last_recovery_point_timestamp_seconds",
+            "gauge",
+            "Newest recovery point Azure reports for the item; absent for an item never backed up.",
+            labels,
+            points,
+        )
+        yield _Family(
+            "azure_backup_item_first_seen_timestamp_seconds",
+            "gauge",
+            "When the watcher first saw the item in the inventory.",
+            labels,
+            first_seen,
+        )
+        yield _Family(
+            "azure_backup_item_protection_state",
+            "gauge",
+            "The item's protection (protected, pending, stopped, suspended, error, unknown): 1 for its "
+            "current state, 0 for the others.",
+            (*labels, "state"),
+            states,
+        )
+        yield _Family(
+            "azure_backup_item_health",
+            "gauge",
+            "The item's health as Azure reports it (healthy, action_required, action_suggested): 1 for the "
+            "current one; all 0 where Azure reports none.",
+            (*labels, "health"),
+            health,
         )
 
     def _polls(self, snap: Snapshot) -> Iterator[_Family]:

@@ -28,7 +28,16 @@ from datetime import UTC, datetime
 
 from watcher.azure.backup import BackupApi
 from watcher.azure.client import ArmClient
-from watcher.azure.models import Job, RejectedItem, RunningJob, VaultInfo, VaultKind, VaultRef
+from watcher.azure.models import (
+    SUCCESS_STATUSES,
+    Job,
+    ProtectedItem,
+    RejectedItem,
+    RunningJob,
+    VaultInfo,
+    VaultKind,
+    VaultRef,
+)
 from watcher.azure.ratelimit import Backoff
 from watcher.config import Config
 from watcher.errors import (
@@ -49,6 +58,8 @@ SPREAD = 0.5  # share of the interval over which the vaults' passes are phased
 NOT_FOUND_RECHECK = 3600.0  # a 404 job is looked at again at most this often
 PRUNE_EVERY = 3600.0  # how often old finished jobs and history are dropped
 STALE_INTERVALS = 3  # a vault without a good pass for this many intervals is reported stale
+INVENTORY_SOON = 60.0  # after an item's backup succeeds, its vault's inventory is read again within this
+INVENTORY_STALE = 3  # inventory rounds a vault's inventory may fail before its items leave /metrics
 TICK = 1.0  # the dispatcher looks at least this often (heartbeat, stop, new vaults)
 
 
@@ -79,6 +90,11 @@ class VaultSchedule:
     stale: bool = False
     last_error: str | None = None
     pass_started: float | None = None
+    next_inventory: float = 0.0
+    inventory_task: asyncio.Task[None] | None = None
+    inventory_failures: int = 0
+    inventory_failing_since: float | None = None
+    last_inventory_error: str | None = None
 
     def why(self, now: float) -> str | None:
         """What holds the vault back: its last error, or a pass that has not ended."""
@@ -159,6 +175,16 @@ class Scheduler:
         """False once the dispatcher has not moved for much longer than it ever waits."""
         return self.monotonic() - self.heartbeat < max(3 * self.config.poll.interval, 120.0)
 
+    def stale_inventories(self) -> list[VaultSchedule]:
+        """Vaults whose inventory has failed for INVENTORY_STALE rounds (their items left /metrics)."""
+        now = self.monotonic()
+        limit = INVENTORY_STALE * self.config.poll.inventory_interval
+        return [
+            s
+            for s in self._schedules.values()
+            if s.inventory_failing_since is not None and now - s.inventory_failing_since > limit
+        ]
+
     def stale_vaults(self) -> list[VaultSchedule]:
         """Vaults without a good pass for STALE_INTERVALS intervals (since they were first watched)."""
         now = self.monotonic()
@@ -187,10 +213,13 @@ class Scheduler:
                 for schedule in self._schedules.values():
                     if schedule.task is None and schedule.next_poll <= now:
                         self._launch(schedule)
+                    if schedule.inventory_task is None and schedule.next_inventory <= now:
+                        self._launch_inventory(schedule)
                 self._note_stale()
                 self._maybe_prune()
                 due = min(
                     [s.next_poll for s in self._schedules.values() if s.task is None]
+                    + [s.next_inventory for s in self._schedules.values() if s.inventory_task is None]
                     + [
                         listing.next_listing
                         for listing in self.vault_set.listings.values()
@@ -254,6 +283,7 @@ class Scheduler:
 
     async def _drain(self, grace: float) -> None:
         tasks = [s.task for s in self._schedules.values() if s.task is not None]
+        tasks += [s.inventory_task for s in self._schedules.values() if s.inventory_task is not None]
         tasks += list(self._listing_tasks.values())
         if not tasks:
             return
@@ -290,6 +320,87 @@ class Scheduler:
         )
         if removed:
             log.info("store_pruned", jobs=removed)
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _launch_inventory(self, schedule: VaultSchedule) -> None:
+        task = asyncio.create_task(self._inventory(schedule), name=f"inventory {schedule.ref.name}")
+        schedule.inventory_task = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            schedule.inventory_task = None
+            if not t.cancelled() and t.exception() is not None and self._failure is None:
+                self._failure = t.exception()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _inventory(self, schedule: VaultSchedule) -> None:
+        """One inventory round of a vault: its protected items with their newest recovery points."""
+        vault = schedule.ref
+        every = self.config.poll.inventory_interval
+        known = {
+            key: row.last_recovery_point for key, row in self.tracker.inventory.get(vault.key, {}).items()
+        }
+        items: list[ProtectedItem] = []
+        rejected: list[RejectedItem] = []
+        try:
+            async for page, refused in self.api.items(vault, known):
+                items.extend(page)
+                rejected.extend(refused)
+        except AzureError as exc:
+            self._inventory_failed(schedule, exc, len(known))
+            return
+        finally:
+            self.heartbeat = self.monotonic()
+        schedule.inventory_failures = 0
+        schedule.inventory_failing_since = None
+        self._rejected(vault, rejected)
+        if vault.key not in self.tracker.vaults:
+            return  # dropped while listed
+        new, gone = self.tracker.record_inventory(vault, items)
+        # The next round at a stable phase of its own within the interval, so vaults spread over it.
+        now = self.monotonic()
+        phase = _phase(vault.key, "inventory")
+        schedule.next_inventory = now + every * (0.5 + phase / 2)
+        log.debug("inventory_read", vault=vault.name, items=len(items), new=new, gone=gone)
+
+    def _inventory_failed(self, schedule: VaultSchedule, exc: AzureError, known: int) -> None:
+        """An inventory round failed: try again on backoff; after INVENTORY_STALE rounds' worth of failing,
+        its items leave /metrics (job history speaks for them then) until a round works again.
+
+        Its failures are logged, not counted as poll errors: the vault's jobs may be polled fine, and a
+        service without the inventory (a 404) is no failure of the vault.
+        """
+        vault = schedule.ref
+        every = self.config.poll.inventory_interval
+        now = self.monotonic()
+        schedule.inventory_failures += 1
+        if schedule.inventory_failing_since is None:
+            schedule.inventory_failing_since = now
+            event = "inventory_unavailable" if isinstance(exc, NotFoundError) else "inventory_failed"
+            log.warning(
+                event,
+                **_vault_fields(vault),
+                reason=exc.reason,
+                status=exc.status,
+                code=exc.code,
+                error=str(exc),
+                keeping=known,
+            )
+        schedule.last_inventory_error = f"{exc.reason}: {exc}"
+        if now - schedule.inventory_failing_since > INVENTORY_STALE * every:
+            self.tracker.hide_inventory(vault)
+        delay = self.backoff.delay(schedule.inventory_failures - 1, exc.retry_after)
+        schedule.next_inventory = now + min(max(delay, self.config.poll.interval), every)
+
+    def _inventory_soon(self, vault: VaultRef, tj: TrackedJob) -> None:
+        """An item's backup just succeeded: read its vault's inventory again soon, for the new point."""
+        schedule = self._schedules.get(vault.key)
+        if schedule is None or tj.operation != "Backup" or tj.status not in SUCCESS_STATUSES:
+            return
+        if self.tracker.item_of_job(vault, tj) is not None:
+            schedule.next_inventory = min(schedule.next_inventory, self.monotonic() + INVENTORY_SOON)
 
     # -- vault listings ---------------------------------------------------------------------
 
@@ -528,7 +639,9 @@ class Scheduler:
                 tracked.last_error = str(exc)
             raise
         self._clear_vault_error(vault)
-        self.tracker.observe(vault, job, detailed=True)
+        tracked = self.tracker.observe(vault, job, detailed=True)
+        if job.is_final:
+            self._inventory_soon(vault, tracked)
         return job
 
     async def _batch(self, vault: VaultRef, jobs: list[TrackedJob]) -> int:

@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, SUCCESS_STATUSES, Job, VaultKind, VaultRef
+from watcher.azure.models import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    SUCCESS_STATUSES,
+    Job,
+    ProtectedItem,
+    VaultKind,
+    VaultRef,
+)
 from watcher.logs import get_logger
-from watcher.store import Batch, ItemRow, JobRow, Store, TransitionRow, labels_key
+from watcher.store import Batch, InventoryRow, ItemRow, JobRow, Store, TransitionRow, labels_key
 
 log = get_logger("backup_watcher")
 
@@ -85,6 +93,16 @@ class TrackedJob:
         """Whether the scheduler still asks Azure about this job."""
         return self.state is not JobState.FINAL
 
+    @property
+    def container(self) -> str:
+        """The protection container a Recovery Services VM job names (what links it to its item)."""
+        return str(self.detail.get("container") or "")
+
+    @property
+    def item(self) -> str:
+        """The backup instance a Backup vault job names (its item's name)."""
+        return str(self.detail.get("item") or "")
+
 
 @dataclass(slots=True)
 class VaultState:
@@ -111,6 +129,7 @@ class Snapshot:
     poll_errors: dict[tuple[str, str], float]
     last_ok_poll: tuple[tuple[VaultRef, float], ...]
     discovery_gaps: dict[str, float] = field(default_factory=dict)
+    inventory: tuple[InventoryRow, ...] = ()
 
 
 Listener = Callable[[TrackedJob, str | None, str], None]
@@ -130,6 +149,10 @@ class Tracker:
         self.durations: dict[tuple[str, str, str], tuple[list[int], float, int]] = {}
         self.poll_errors: dict[tuple[str, str], float] = defaultdict(float)
         self.discovery_gaps: dict[str, float] = defaultdict(float)
+        # The protected-item inventory: vault key -> item key (lower-case name) -> row.
+        self.inventory: dict[str, dict[str, InventoryRow]] = defaultdict(dict)
+        # Vaults whose inventory has been failing for a while: their items stay known but leave /metrics.
+        self._inventory_hidden: set[str] = set()
         # The jobs still polled (active or not found), by vault key: what a vault's pass looks at.
         self._polled: dict[str, dict[str, TrackedJob]] = defaultdict(dict)
         self.listeners: list[Listener] = []
@@ -163,6 +186,8 @@ class Tracker:
             self._put((row.vault_key, row.job_id.lower()), tj)
         for item in self.store.items():
             self.items[(item.vault_key, item.entity, item.operation)] = item
+        for stored in self.store.inventory():
+            self.inventory[stored.vault_key][stored.item] = stored
         for metric, labels, value in self.store.counters():
             if metric == DURATION:
                 key = tuple(json.loads(labels))
@@ -452,6 +477,50 @@ class Tracker:
         self.poll_errors[(vault.key, reason)] += 1
         self._changed()
 
+    def record_inventory(self, vault: VaultRef, items: list[ProtectedItem]) -> tuple[int, int]:
+        """One vault's inventory round: store what changed, then memory; (items new, items gone).
+
+        An item keeps the time it was first seen for as long as it stays in the inventory; one that
+        leaves it is forgotten (its series go with it).
+        """
+        now = self.clock()
+        current = self.inventory.get(vault.key, {})
+        rows: dict[str, InventoryRow] = {}
+        changed: list[InventoryRow] = []
+        for item in items:
+            old = current.get(item.key)
+            row = _inventory_row(item, old.first_seen if old is not None else now)
+            rows[item.key] = row
+            if row != old:
+                changed.append(row)
+        gone = [key for key in current if key not in rows]
+        if changed or gone:
+            self.store.write_inventory(vault.key, changed, gone)
+        # Committed: now memory (and so the metrics).
+        self.inventory[vault.key] = rows
+        if changed or gone or vault.key in self._inventory_hidden:
+            self._inventory_hidden.discard(vault.key)
+            self._changed()
+        return len([k for k in rows if k not in current]), len(gone)
+
+    def hide_inventory(self, vault: VaultRef) -> None:
+        """The vault's inventory is out of date: its items leave /metrics until a round works again."""
+        if vault.key not in self._inventory_hidden:
+            self._inventory_hidden.add(vault.key)
+            self._changed()
+
+    def item_of_job(self, vault: VaultRef, tj: TrackedJob) -> InventoryRow | None:
+        """The inventory item a job is about: by its container (VMs) or backup instance where the job
+        names one; by friendly name only when one item alone in the vault has it."""
+        items = self.inventory.get(vault.key, {})
+        if tj.item:
+            return items.get(tj.item.lower())
+        if tj.container:
+            container = tj.container.lower()
+            return next((row for row in items.values() if row.container.lower() == container), None)
+        named = [row for row in items.values() if row.entity == tj.entity]
+        return named[0] if len(named) == 1 else None
+
     def discovery_gap(self, vault: VaultRef, last_listed: float, reaches_back_to: float) -> None:
         """The watcher was away longer than the lookback: jobs that started and ended meanwhile are lost."""
         gap = reaches_back_to - last_listed
@@ -513,6 +582,12 @@ class Tracker:
                 (v.ref, v.last_ok_poll) for v in self.vaults.values() if v.last_ok_poll is not None
             ),
             discovery_gaps={k: v for k, v in self.discovery_gaps.items() if k in refs},
+            inventory=tuple(
+                row
+                for key in refs
+                if key not in self._inventory_hidden
+                for row in self.inventory.get(key, {}).values()
+            ),
         )
         self._snapshot = (self._version, snap)
         return snap
@@ -614,6 +689,9 @@ def _vault_key_of(labels_json: str) -> str:
 def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, detailed: bool) -> TrackedJob:
     detail = dict(old.detail) if old is not None else {}
     detail["duration"] = job.final_duration() if job.is_final else job.duration_seconds
+    for key, value in (("container", job.container), ("item", job.item)):
+        if value:
+            detail[key] = value
     if detailed or job.has_extended_info:
         detail["tasks"] = [t.as_dict() for t in job.tasks]
         task = job.current_task
@@ -644,6 +722,32 @@ def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, deta
         end_time=_ts(job.end_time),
         detail=detail,
         transitions=list(old.transitions) if old is not None else [],
+    )
+
+
+def _inventory_row(item: ProtectedItem, first_seen: float) -> InventoryRow:
+    vault = item.vault
+    return InventoryRow(
+        vault_key=vault.key,
+        item=item.key,
+        subscription_id=vault.subscription_id,
+        resource_group=vault.resource_group,
+        vault=vault.name,
+        vault_type=vault.kind.value,
+        name=item.name,
+        entity=item.entity,
+        item_type=item.item_type,
+        policy=item.policy,
+        source_resource_id=item.source_resource_id,
+        protection_state=item.protection_state.value,
+        azure_state=item.azure_state,
+        health=item.health.value if item.health is not None else None,
+        azure_health=item.azure_health,
+        last_recovery_point=item.last_recovery_point,
+        last_backup_status=item.last_backup_status,
+        container=item.container,
+        error=item.error,
+        first_seen=first_seen,
     )
 
 

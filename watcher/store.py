@@ -22,7 +22,7 @@ from typing import Any
 
 from watcher.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -114,6 +114,33 @@ MIGRATIONS: dict[int, list[str]] = {
             location TEXT NOT NULL DEFAULT '',
             tags TEXT NOT NULL DEFAULT '{}',
             last_seen REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ],
+    # The protected-item inventory: each item as the last inventory round saw it, and when it was first
+    # seen (so "never backed up since it was protected" has an age, also across restarts).
+    3: [
+        """CREATE TABLE inventory (
+            vault_key TEXT NOT NULL,
+            item TEXT NOT NULL,
+            subscription_id TEXT NOT NULL,
+            resource_group TEXT NOT NULL,
+            vault TEXT NOT NULL,
+            vault_type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            entity TEXT NOT NULL,
+            item_type TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            source_resource_id TEXT NOT NULL,
+            protection_state TEXT NOT NULL,
+            azure_state TEXT NOT NULL,
+            health TEXT,
+            azure_health TEXT NOT NULL,
+            last_recovery_point REAL,
+            last_backup_status TEXT NOT NULL,
+            container TEXT NOT NULL,
+            error TEXT NOT NULL,
+            first_seen REAL NOT NULL,
+            PRIMARY KEY (vault_key, item)
         ) WITHOUT ROWID""",
     ],
 }
@@ -248,6 +275,35 @@ class VaultRow:
 
 
 VAULT_COLUMNS = tuple(f.name for f in fields(VaultRow))
+
+
+@dataclass(slots=True)
+class InventoryRow:
+    """A protected item as the store keeps it; `item` is its lower-case name, the key within its vault."""
+
+    vault_key: str
+    item: str
+    subscription_id: str
+    resource_group: str
+    vault: str
+    vault_type: str
+    name: str
+    entity: str
+    item_type: str
+    policy: str
+    source_resource_id: str
+    protection_state: str
+    azure_state: str
+    health: str | None
+    azure_health: str
+    last_recovery_point: float | None
+    last_backup_status: str
+    container: str
+    error: str
+    first_seen: float
+
+
+INVENTORY_COLUMNS = tuple(f.name for f in fields(InventoryRow))
 
 
 @dataclass
@@ -393,6 +449,30 @@ class Store:
         cols = ", ".join(VAULT_COLUMNS)
         rows = self.conn.execute(f"SELECT {cols} FROM vaults")  # noqa: S608 - fixed column names
         return [VaultRow(*row) for row in rows]
+
+    def inventory(self) -> list[InventoryRow]:
+        """Every protected item of the last inventory rounds."""
+        cols = ", ".join(INVENTORY_COLUMNS)
+        return [InventoryRow(*row) for row in self.conn.execute(f"SELECT {cols} FROM inventory")]  # noqa: S608 - fixed names
+
+    def write_inventory(self, vault_key: str, changed: list[InventoryRow], gone: list[str]) -> None:
+        """One vault's inventory round: the items that are new or changed, and those that left (by key)."""
+        cols = ", ".join(INVENTORY_COLUMNS)
+        try:
+            with self._tx():
+                if changed:
+                    self.conn.executemany(
+                        f"INSERT OR REPLACE INTO inventory ({cols}) "  # noqa: S608 - fixed column names
+                        f"VALUES ({', '.join('?' for _ in INVENTORY_COLUMNS)})",
+                        [tuple(getattr(row, c) for c in INVENTORY_COLUMNS) for row in changed],
+                    )
+                if gone:
+                    self.conn.executemany(
+                        "DELETE FROM inventory WHERE vault_key = ? AND item = ?",
+                        [(vault_key, i) for i in gone],
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
     def watermark(self, vault_key: str) -> float | None:
         row = self.conn.execute(

@@ -172,10 +172,7 @@ def is_operation_url(url: str) -> bool:
     """Whether a URL names an operation of a subscription: `.../{operationStatus|...}/{id}`."""
     words = [w.lower() for w in urlsplit(url).path.strip("/").split("/")]
     return (
-        len(words) >= 4
-        and words[0] == "subscriptions"
-        and words[-2] in _OPERATION_WORDS
-        and bool(words[-1])
+        len(words) >= 4 and words[0] == "subscriptions" and words[-2] in _OPERATION_WORDS and bool(words[-1])
     )
 
 

@@ -36,7 +36,7 @@ def create_app(
             return web.Response(text="ok\n")
         lines = "".join(f"  {line}\n" for line in lagging)
         return web.Response(
-            text=f"ok, but {len(lagging)} vault(s) not polled for several intervals:\n{lines}"
+            text=f"ok, but {len(lagging)} vault problem(s) lasting several intervals:\n{lines}"
         )
 
     async def readyz(_request: web.Request) -> web.Response:

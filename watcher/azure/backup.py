@@ -7,12 +7,21 @@ scheduler, the tracker, the store and the metrics know no provider's field names
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from watcher.azure.client import ArmClient
 from watcher.azure.dataprotection import DataProtection
-from watcher.azure.models import Job, JobPage, RejectedItem, RunningJob, VaultInfo, VaultKind, VaultRef
+from watcher.azure.models import (
+    Job,
+    JobPage,
+    ProtectedItem,
+    RejectedItem,
+    RunningJob,
+    VaultInfo,
+    VaultKind,
+    VaultRef,
+)
 from watcher.azure.recoveryservices import RecoveryServices
 from watcher.config import Config
 
@@ -44,6 +53,13 @@ class Provider(Protocol):
         self, client: ArmClient, subscription_id: str
     ) -> AsyncIterator[tuple[list[VaultInfo], list[RejectedItem]]]:
         """Pages of the subscription's vaults of this kind."""
+        ...
+
+    def items(
+        self, client: ArmClient, vault: VaultRef, known: Mapping[str, float | None]
+    ) -> AsyncIterator[tuple[list[ProtectedItem], list[RejectedItem]]]:
+        """Pages of the vault's protected items, each with its newest recovery point (`known`: the newest
+        the watcher already knows, by lower-case item name, where that saves requests)."""
         ...
 
 
@@ -86,3 +102,8 @@ class BackupApi:
         self, subscription_id: str, kind: VaultKind
     ) -> AsyncIterator[tuple[list[VaultInfo], list[RejectedItem]]]:
         return self.providers[kind].vaults(self.client, subscription_id)
+
+    def items(
+        self, vault: VaultRef, known: Mapping[str, float | None]
+    ) -> AsyncIterator[tuple[list[ProtectedItem], list[RejectedItem]]]:
+        return self.providers[vault.kind].items(self.client, vault, known)

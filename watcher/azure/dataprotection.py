@@ -14,8 +14,11 @@ takes). Statuses come spelt the live way (`InProgress`, `Completed`, `Failed`) o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -23,10 +26,13 @@ from watcher.azure.client import ArmClient
 from watcher.azure.models import (
     ACTIVE_STATUSES,
     MAX_RECOMMENDATIONS,
+    ItemHealth,
     Job,
     JobError,
     JobPage,
     JobTask,
+    ProtectedItem,
+    ProtectionState,
     RejectedItem,
     RunningJob,
     VaultInfo,
@@ -144,6 +150,90 @@ def _texts(value: Any) -> list[str]:
     return [as_text(v) for v in json_list(value)]
 
 
+# currentProtectionState (or, where it is missing, protectionStatus.status), compared in lower case.
+_PROTECTION = {
+    "protectionconfigured": ProtectionState.PROTECTED,
+    "configuringprotection": ProtectionState.PENDING,
+    "updatingprotection": ProtectionState.PENDING,
+    "protectionstopped": ProtectionState.STOPPED,
+    "notprotected": ProtectionState.STOPPED,
+    "softdeleted": ProtectionState.STOPPED,
+    "softdeleting": ProtectionState.STOPPED,
+    "backupschedulessuspended": ProtectionState.SUSPENDED,
+    "retentionschedulessuspended": ProtectionState.SUSPENDED,
+    "protectionerror": ProtectionState.ERROR,
+    "configuringprotectionfailed": ProtectionState.ERROR,
+    "invalid": ProtectionState.ERROR,
+}
+_HEALTH = {
+    "protectionconfigured": ItemHealth.HEALTHY,
+    "protectionerror": ItemHealth.ACTION_REQUIRED,
+    "configuringprotectionfailed": ItemHealth.ACTION_REQUIRED,
+}
+# A never-seen instance's newest recovery point is looked for in widening windows (days back; None: all).
+_POINT_WINDOWS = (2.0, 35.0, None)
+_DAY = 86400.0
+
+
+def parse_instance(body: Any, vault: VaultRef) -> ProtectedItem:
+    """A `backupInstances` item (its newest recovery point comes from another listing); BadResponseError
+    if it is no instance at all."""
+    if not isinstance(body, dict):
+        raise BadResponseError(f"backup instance is not an object but {type(body).__name__}")
+    props = body.get("properties")
+    if not isinstance(props, dict):
+        raise BadResponseError("backup instance has no 'properties' object")
+    name = job_ident(body)
+    if not name:
+        raise BadResponseError("backup instance has neither 'name' nor 'id'")
+    source = props.get("dataSourceInfo")
+    source = source if isinstance(source, dict) else {}
+    policy = props.get("policyInfo")
+    policy_id = as_text(policy.get("policyId")) if isinstance(policy, dict) else ""
+    status = props.get("protectionStatus")
+    status = status if isinstance(status, dict) else {}
+    raw_status = as_text(status.get("status")).strip()
+    raw_state = as_text(props.get("currentProtectionState")).strip() or raw_status
+    details = status.get("errorDetails")
+    return ProtectedItem(
+        vault=vault,
+        name=label(name),
+        entity=label(props.get("friendlyName")) or label(source.get("resourceName")) or label(name),
+        item_type=label(source.get("datasourceType")) or label(source.get("resourceType")),
+        policy=label(policy_id.rstrip("/").rsplit("/", 1)[-1]),
+        source_resource_id=label(source.get("resourceID")),
+        protection_state=_PROTECTION.get(raw_state.lower(), ProtectionState.UNKNOWN),
+        azure_state=label(raw_state),
+        health=_HEALTH.get(raw_status.lower()),
+        azure_health=label(raw_status),
+        last_recovery_point=None,
+        error=free_text(details.get("message")) if isinstance(details, dict) else "",
+    )
+
+
+def newest_point(body: Any) -> float | None:
+    """The newest `recoveryPointTime` of a recoveryPoints page (`0001-01-01...` is none)."""
+    points, _rejected = parse_page(body, _point_time, "recovery point")
+    found = [p for p in points if p is not None]
+    return max(found) if found else None
+
+
+def _point_time(body: Any) -> float | None:
+    if not isinstance(body, dict) or not isinstance(body.get("properties"), dict):
+        raise BadResponseError("recovery point has no 'properties' object")
+    moment = parse_time(body["properties"].get("recoveryPointTime"))
+    return moment.timestamp() if moment is not None else None
+
+
+def _point_filter(start: float, end: float) -> str:
+    """The window of a recoveryPoints `$filter`, written as Microsoft's own clients write it."""
+
+    def text(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+    return f"startDate eq '{text(start)}' and endDate eq '{text(end)}'"
+
+
 def parse_job_page(body: Any) -> JobPage:
     """A list page: its jobs, the items that are not jobs set aside, and the nextLink if any."""
     jobs, rejected = parse_page(body, parse_job)
@@ -176,6 +266,19 @@ class DataProtection:
     def list_url(self, client: ArmClient, vault: VaultRef) -> str:
         query = urlencode({"api-version": self.api_version})
         return f"{self.vault_url(client, vault)}/backupJobs?{query}"
+
+    def instances_url(self, client: ArmClient, vault: VaultRef) -> str:
+        query = urlencode({"api-version": self.api_version})
+        return f"{self.vault_url(client, vault)}/backupInstances?{query}"
+
+    def points_url(
+        self, client: ArmClient, vault: VaultRef, instance: str, window: tuple[float, float] | None
+    ) -> str:
+        params = {"api-version": self.api_version}
+        if window is not None:
+            params["$filter"] = _point_filter(*window)
+        base = f"{self.vault_url(client, vault)}/backupInstances/{segment(instance)}/recoveryPoints"
+        return f"{base}?{urlencode(params, quote_via=quote)}"
 
     def vaults_url(self, client: ArmClient, subscription_id: str) -> str:
         query = urlencode({"api-version": self.api_version})
@@ -233,6 +336,52 @@ class DataProtection:
                 if key in wanted and job.status in ACTIVE_STATUSES:
                     listed[key] = job
         return listed, rejected
+
+    # -- inventory --------------------------------------------------------------------------
+
+    async def items(
+        self, client: ArmClient, vault: VaultRef, known: Mapping[str, float | None]
+    ) -> AsyncIterator[tuple[list[ProtectedItem], list[RejectedItem]]]:
+        """Pages of the vault's backup instances, each with its newest recovery point.
+
+        An instance carries no backup time, so each costs one recoveryPoints listing more, over a window
+        from the newest point already `known` (by lower-case instance name); for one never seen, over
+        widening windows (2 days, 35 days, all) until one holds a point. At most a quarter of the
+        concurrency of requests run at once for one vault.
+        """
+        slots = asyncio.Semaphore(max(2, client.concurrency // 4))
+
+        async def with_point(item: ProtectedItem) -> ProtectedItem:
+            async with slots:
+                point = await self._newest_point(client, vault, item.name, known.get(item.key))
+            return replace(item, last_recovery_point=point)
+
+        async for body in client.pages("list_items", self.instances_url(client, vault)):
+            instances, rejected = parse_page(
+                body, lambda item: parse_instance(item, vault), "backup instance"
+            )
+            yield list(await asyncio.gather(*(with_point(i) for i in instances))), rejected
+
+    async def _newest_point(
+        self, client: ArmClient, vault: VaultRef, instance: str, known: float | None
+    ) -> float | None:
+        now = time.time()
+        windows: list[tuple[float, float] | None]
+        if known is not None:
+            windows = [(known - 3600.0, now + 3600.0)]
+        else:
+            windows = [
+                (now - days * _DAY, now + 3600.0) if days is not None else None for days in _POINT_WINDOWS
+            ]
+        for window in windows:
+            newest: float | None = None
+            async for body in client.pages("list_points", self.points_url(client, vault, instance, window)):
+                point = newest_point(body)
+                if point is not None and (newest is None or point > newest):
+                    newest = point
+            if newest is not None:
+                return newest
+        return known
 
     # -- vaults -----------------------------------------------------------------------------
 

@@ -240,6 +240,56 @@ class VaultInfo:
     tags: Mapping[str, str] = field(default_factory=dict)
 
 
+class ProtectionState(enum.StrEnum):
+    """An item's protection whatever the provider calls it: azure_backup_item_protection_state's `state`."""
+
+    PROTECTED = "protected"  # Protected, ProtectionConfigured
+    PENDING = "pending"  # IRPending, ConfiguringProtection, UpdatingProtection: the first backup is to come
+    STOPPED = "stopped"  # ProtectionStopped, NotProtected, SoftDeleted, SoftDeleting: no backups expected
+    SUSPENDED = "suspended"  # BackupsSuspended, ProtectionPaused, ...SchedulesSuspended: none for now
+    ERROR = "error"  # ProtectionError, ConfiguringProtectionFailed, Invalid
+    UNKNOWN = "unknown"  # anything else
+
+
+class ItemHealth(enum.StrEnum):
+    """An item's health as Azure reports it: the `health` of azure_backup_item_health."""
+
+    HEALTHY = "healthy"
+    ACTION_REQUIRED = "action_required"
+    ACTION_SUGGESTED = "action_suggested"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedItem:
+    """A protected item (Recovery Services) or backup instance (Backup vault) in a vault's inventory.
+
+    `name` is the item's own name within its vault (stable: `VM;iaasvmcontainerv2;rg;vm`, an instance
+    name); `entity` its friendly name for people (what its jobs call it). `last_recovery_point` is the
+    newest recovery point Azure reports, None for an item never backed up. `container` is what links a
+    Recovery Services VM job to its item (its protection container).
+    """
+
+    vault: VaultRef
+    name: str
+    entity: str
+    item_type: str
+    policy: str
+    source_resource_id: str
+    protection_state: ProtectionState
+    azure_state: str
+    health: ItemHealth | None
+    azure_health: str
+    last_recovery_point: float | None
+    last_backup_status: str = ""
+    container: str = ""
+    error: str = ""
+
+    @property
+    def key(self) -> str:
+        """The item's case-insensitive name within its vault."""
+        return self.name.lower()
+
+
 @dataclass(frozen=True, slots=True)
 class OperationStatus:
     """An `operationsStatus` / `backupOperations` body."""

@@ -10,7 +10,7 @@ a GET. `job_type` is the API's `jobType`; `operation` the free-text operation no
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -21,10 +21,13 @@ from watcher.azure.client import ArmClient
 from watcher.azure.models import (
     MAX_ITEMS,
     MAX_RECOMMENDATIONS,
+    ItemHealth,
     Job,
     JobError,
     JobPage,
     JobTask,
+    ProtectedItem,
+    ProtectionState,
     RejectedItem,
     RunningJob,
     VaultInfo,
@@ -175,6 +178,75 @@ def parse_job(body: Any) -> Job:
     )
 
 
+# protectionState as the service spells it (free text; compared in lower case).
+_PROTECTION = {
+    "protected": ProtectionState.PROTECTED,
+    "irpending": ProtectionState.PENDING,
+    "protectionstopped": ProtectionState.STOPPED,
+    "backupssuspended": ProtectionState.SUSPENDED,
+    "protectionpaused": ProtectionState.SUSPENDED,
+    "protectionerror": ProtectionState.ERROR,
+    "invalid": ProtectionState.ERROR,
+}
+# healthStatus (VMs) and protectedItemHealthStatus (SQL, SAP HANA); the others report none.
+_HEALTH = {
+    "passed": ItemHealth.HEALTHY,
+    "healthy": ItemHealth.HEALTHY,
+    "actionrequired": ItemHealth.ACTION_REQUIRED,
+    "unhealthy": ItemHealth.ACTION_REQUIRED,
+    "notreachable": ItemHealth.ACTION_REQUIRED,
+    "actionsuggested": ItemHealth.ACTION_SUGGESTED,
+}
+_SUCCEEDED = frozenset({"completed", "completedwithwarnings"})
+
+
+def parse_item(body: Any, vault: VaultRef) -> ProtectedItem:
+    """A `backupProtectedItems` item; BadResponseError if it is no item at all.
+
+    The newest recovery point is `lastRecoveryPoint`, else `lastBackupTime` when the last backup
+    succeeded (that time is the job's start, a little before its snapshot); a never-backed-up item has
+    neither (the 2001-01-01 sentinel, or no key at all) and so none. An item scheduled for deletion (soft
+    delete) counts as stopped.
+    """
+    if not isinstance(body, dict):
+        raise BadResponseError(f"protected item is not an object but {type(body).__name__}")
+    props = body.get("properties")
+    if not isinstance(props, dict):
+        raise BadResponseError("protected item has no 'properties' object")
+    name = job_ident(body)
+    if not name:
+        raise BadResponseError("protected item has neither 'name' nor 'id'")
+    raw_state = as_text(props.get("protectionState")).strip()
+    state = _PROTECTION.get(raw_state.lower(), ProtectionState.UNKNOWN)
+    if props.get("isScheduledForDeferredDelete") is True:
+        state = ProtectionState.STOPPED
+    raw_health = as_text(props.get("healthStatus")) or as_text(props.get("protectedItemHealthStatus"))
+    last_status = as_text(props.get("lastBackupStatus")).strip()
+    point = parse_time(props.get("lastRecoveryPoint"))
+    if point is None and last_status.lower() in _SUCCEEDED:
+        point = parse_time(props.get("lastBackupTime"))
+    error = props.get("lastBackupErrorDetail")
+    policy = as_text(props.get("policyName")) or as_text(props.get("policyId")).rstrip("/").rsplit("/", 1)[-1]
+    return ProtectedItem(
+        vault=vault,
+        name=label(name),
+        entity=label(props.get("friendlyName")) or label(name),
+        item_type=label(props.get("protectedItemType")) or label(props.get("workloadType")),
+        policy=label(policy),
+        source_resource_id=label(props.get("sourceResourceId")),
+        protection_state=state,
+        azure_state=label(raw_state),
+        health=_HEALTH.get(raw_health.strip().lower()),
+        azure_health=label(raw_health),
+        last_recovery_point=point.timestamp() if point is not None else None,
+        last_backup_status=label(last_status),
+        container=label(props.get("containerName")),
+        error=free_text(error.get("message"))
+        if isinstance(error, dict) and error.get("code") != "Success"
+        else "",
+    )
+
+
 def parse_job_page(body: Any) -> JobPage:
     """A list page: its jobs, the items that are not jobs set aside, and the nextLink if any.
 
@@ -215,6 +287,10 @@ class RecoveryServices:
     def backup_operation_url(self, client: ArmClient, vault: VaultRef, operation_id: str) -> str:
         query = urlencode({"api-version": self.api_version})
         return f"{self.vault_url(client, vault)}/backupOperations/{segment(operation_id)}?{query}"
+
+    def items_url(self, client: ArmClient, vault: VaultRef) -> str:
+        query = urlencode({"api-version": self.api_version})
+        return f"{self.vault_url(client, vault)}/backupProtectedItems?{query}"
 
     def vaults_url(self, client: ArmClient, subscription_id: str) -> str:
         query = urlencode({"api-version": VAULTS_API_VERSION})
@@ -266,6 +342,16 @@ class RecoveryServices:
             for job in page.jobs:
                 listed[job.job_id.lower()] = job
         return listed, rejected
+
+    # -- inventory --------------------------------------------------------------------------
+
+    async def items(
+        self, client: ArmClient, vault: VaultRef, known: Mapping[str, float | None]
+    ) -> AsyncIterator[tuple[list[ProtectedItem], list[RejectedItem]]]:
+        """Pages of the vault's protected items, every type (no `$filter`): the listing carries each one's
+        newest recovery point, so `known` (what the watcher already knows) saves nothing here."""
+        async for body in client.pages("list_items", self.items_url(client, vault)):
+            yield parse_page(body, lambda item: parse_item(item, vault), "protected item")
 
     # -- vaults -----------------------------------------------------------------------------
 

@@ -431,6 +431,11 @@ class Estate:
         v.items[key] = item
         return item
 
+    def remove_item(self, item: SimItem) -> None:
+        """Delete an item from its vault (protection stopped, its data deleted); KeyError if unknown."""
+        v = self._vaults[_key(item.vault_kind, item.subscription_id, item.resource_group, item.vault)]
+        del v.items[item.arm_name.lower()]
+
     def script_item(
         self,
         item_contains: str,

@@ -227,6 +227,10 @@ class Simulator:
             )
         )
 
+    def clear_faults(self) -> None:
+        """Forget every injected answer not yet given: requests are served normally again."""
+        self._faults.clear()
+
     def set_rate_limit(self, capacity: int, refill_per_second: float) -> None:
         """Throttle each subscription with a token bucket like ARM's; capacity 0 turns it off."""
         self._limit = (capacity, refill_per_second) if capacity > 0 else None
