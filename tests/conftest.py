@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from watcher.app import Watcher
 from watcher.config import Config, validate_config
 from watcher.sim import SIM_TOKEN, Estate, Simulator, start_simulator
+from watcher.state import TrackedJob, Tracker, job_from_row
 
 TOKEN_ENV = "BACKUP_WATCHER_TEST_TOKEN"
 SUB = "11111111-1111-1111-1111-111111111111"
@@ -146,3 +147,11 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     env[TOKEN_ENV] = SIM_TOKEN
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def every_job(tracker: Tracker) -> dict[tuple[str, str], TrackedJob]:
+    """Every job on record, by (vault key, lower-case id): the store's rows, and the live state of the
+    jobs followed now (finished jobs live in the store only)."""
+    out = {(row.vault_key, row.job_id.lower()): job_from_row(row) for row in tracker.store.jobs()}
+    out.update(tracker.jobs)
+    return out

@@ -21,7 +21,7 @@ from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import aio
 from structlog.testing import capture_logs
 
-from tests.conftest import SUB, TOKEN_ENV, FakeClock, make_config, running_watcher, wait_for
+from tests.conftest import SUB, TOKEN_ENV, FakeClock, every_job, make_config, running_watcher, wait_for
 from watcher.app import AzureSide, build_azure
 from watcher.azure.auth import (
     CLOUDS,
@@ -812,7 +812,7 @@ async def test_daemon_reports_auth_failure_and_keeps_the_last_known_state(
         async with running_watcher(config) as watcher:
             assert watcher.tracker is not None
             tracker = watcher.tracker
-            await wait_for(lambda: any(tj.status == "InProgress" for tj in tracker.jobs.values()))
+            await wait_for(lambda: any(tj.status == "InProgress" for tj in every_job(tracker).values()))
             sim.token = "a-token-we-do-not-have"
             clock.advance(60)  # the job has ended on Azure's side; we cannot see it
             await wait_for(
@@ -821,7 +821,7 @@ async def test_daemon_reports_auth_failure_and_keeps_the_last_known_state(
                     >= 1
                 )
             )
-            assert [tj.status for tj in tracker.jobs.values()] == ["InProgress"]
+            assert [tj.status for tj in every_job(tracker).values()] == ["InProgress"]
     failures = [e for e in logs if e["event"] == "auth_failed"]
     assert failures
     assert failures[0]["reason"] == "auth"

@@ -9,7 +9,7 @@ import aiohttp
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SUB, SUB2, make_config, running_watcher, wait_for
+from tests.conftest import SUB, SUB2, every_job, make_config, running_watcher, wait_for
 from watcher.sim import Estate, SimJob, start_simulator
 
 RG = "rg-int"
@@ -93,7 +93,8 @@ async def test_jobs_end_to_end(tmp_path: Path) -> None:
                 tracker = watcher.tracker
                 await wait_for(
                     lambda: (
-                        len(tracker.jobs) == 7 and all(tj.state == "final" for tj in tracker.jobs.values())
+                        len(every_job(tracker)) == 7
+                        and all(tj.state == "final" for tj in every_job(tracker).values())
                     )
                 )
                 async with aiohttp.ClientSession() as http:
@@ -210,13 +211,13 @@ async def test_running_jobs_have_series_until_they_end(tmp_path: Path) -> None:
             url = f"http://127.0.0.1:{watcher.port}/metrics"
             assert watcher.tracker is not None
             tracker = watcher.tracker
-            await wait_for(lambda: any(tj.status == "InProgress" for tj in tracker.jobs.values()))
+            await wait_for(lambda: any(tj.status == "InProgress" for tj in every_job(tracker).values()))
             async with http.get(url) as resp:
                 running = _samples(await resp.text()).get("azure_backup_job_running_start_timestamp_seconds")
             assert running is not None
             assert running[0][0]["job_id"] == job.job_id
             assert abs(running[0][1] - job.start) < 0.01
-            await wait_for(lambda: all(tj.state == "final" for tj in tracker.jobs.values()))
+            await wait_for(lambda: all(tj.state == "final" for tj in every_job(tracker).values()))
             async with http.get(url) as resp:
                 assert "azure_backup_job_running_start_timestamp_seconds{" not in await resp.text()
     finally:

@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.samples import Sample
 
-from tests.conftest import SUB, SUB2, TOKEN_ENV, FakeClock, running_watcher, wait_for
+from tests.conftest import SUB, SUB2, TOKEN_ENV, FakeClock, every_job, running_watcher, wait_for
 from watcher.app import Watcher
 from watcher.config import load_config
 from watcher.sim import Estate, SimItem, SimJob, Simulator
@@ -297,8 +297,10 @@ async def exposition(tmp_path: Path, estate: Estate, clock: FakeClock, sim: Simu
                 "azure_backup_watcher_api_throttled_total", {"subscription_id": SUB}
             )
             return (
-                len(tracker.jobs) == 8
-                and all(tj.start_time is not None or tj.state == "not_found" for tj in tracker.jobs.values())
+                len(every_job(tracker)) == 8
+                and all(
+                    tj.start_time is not None or tj.state == "not_found" for tj in every_job(tracker).values()
+                )
                 and all(v.last_ok_poll is not None for v in tracker.vaults.values())
                 and (throttled or 0) > 0
                 and sum(len(items) for items in tracker.inventory.values()) == 2
@@ -417,10 +419,10 @@ async def test_running_job_series_exist_only_while_the_job_runs(
         tracker = watcher.tracker
 
         def statuses() -> set[str]:
-            return {tj.status for tj in tracker.jobs.values()}
+            return {tj.status for tj in every_job(tracker).values()}
 
         name = "azure_backup_job_running_start_timestamp_seconds"
-        await wait_for(lambda: len(tracker.jobs) == 2 and statuses() == {"InProgress"})
+        await wait_for(lambda: len(every_job(tracker)) == 2 and statuses() == {"InProgress"})
         running = _values(await _scrape(watcher), name, "job_id")
         # Azure reports times to the microsecond.
         assert running == {
@@ -451,7 +453,7 @@ async def test_reload_drops_a_removed_vaults_series_and_adds_the_new_ones(
     async with running_watcher(load_config(path), config_path=path) as watcher:
         assert watcher.tracker is not None
         tracker = watcher.tracker
-        await wait_for(lambda: len(tracker.items) == 2 and len(tracker.jobs) == 4)
+        await wait_for(lambda: len(tracker.items) == 2 and len(every_job(tracker)) == 4)
         before = await _scrape(watcher)
         assert any(s.labels.get("vault") == "vault-b" for s in _samples(before))
         assert any(s.labels.get("subscription_id") == SUB2 for s in _samples(before))
@@ -489,7 +491,7 @@ async def test_reload_drops_a_removed_subscriptions_series_even_with_a_request_i
         assert watcher.tracker is not None
         assert watcher.azure is not None
         tracker, client = watcher.tracker, watcher.azure.client
-        await wait_for(lambda: len(tracker.jobs) == 1)
+        await wait_for(lambda: len(every_job(tracker)) == 1)
         sim.inject(404, path_contains="/vaults/vault-b/", delay=1.0)  # holds one request of vault-b's
         await wait_for(lambda: client.in_flight > 0)
         # No await between seeing the request in flight and the reload: it is answered after the reload.
@@ -550,7 +552,10 @@ async def test_restart_restores_last_success_and_finished_counters_before_any_po
         assert first.tracker is not None
         tracker = first.tracker
         await wait_for(
-            lambda: len(tracker.jobs) == 4 and all(tj.state == "final" for tj in tracker.jobs.values())
+            lambda: (
+                len(every_job(tracker)) == 4
+                and all(tj.state == "final" for tj in every_job(tracker).values())
+            )
         )
         before = await _scrape(first)
     await sim.close()  # nothing answers now: whatever the next watcher exports comes from the store

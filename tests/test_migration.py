@@ -10,6 +10,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from tests.conftest import every_job
 from watcher.azure.models import VaultKind, VaultRef
 from watcher.metrics import Metrics
 from watcher.state import FINISHED, TRANSITIONS, Tracker, VaultState
@@ -71,8 +72,8 @@ def test_a_release_0_1_0_store_migrates_and_keeps_totals_history_and_last_succes
             (key.removeprefix("recovery_services:"), entity, op): item.last_success
             for (key, entity, op), item in tracker.items.items()
         } == items
-        assert all(tj.vault.kind is VaultKind.RECOVERY_SERVICES for tj in tracker.jobs.values())
-        assert len(tracker.jobs) == jobs
+        assert all(tj.vault.kind is VaultKind.RECOVERY_SERVICES for tj in every_job(tracker).values())
+        assert len(every_job(tracker)) == jobs
         assert len(store.transitions()) == transitions
     finally:
         store.close()
@@ -86,10 +87,10 @@ def test_a_migrated_store_serves_its_totals_with_vault_type_on_metrics(tmp_path:
     store = Store.open(path)  # a second start finds the current schema
     try:
         tracker = Tracker(store)
-        vaults = {tj.vault.key: tj.vault for tj in tracker.jobs.values()}
+        vaults = {tj.vault.key: tj.vault for tj in every_job(tracker).values()}
         tracker.set_vaults([VaultState(ref=ref, discover=True) for ref in vaults.values()])
         metrics = Metrics(CollectorRegistry(), "test")
-        metrics.watch(tracker.snapshot)
+        metrics.watch(tracker)
         by_status: Counter[str] = Counter()
         for family in metrics.registry.collect():
             if family.name == "azure_backup_jobs_finished":

@@ -19,7 +19,7 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests import corpus
-from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
+from tests.conftest import SUB, SUB2, FakeClock, every_job, make_config, running_watcher, wait_for
 from watcher.app import build_azure
 from watcher.azure.client import ArmClient
 from watcher.azure.models import VaultRef
@@ -344,12 +344,12 @@ async def test_discovery_follows_pages_and_picks_up_new_jobs(tmp_path: Path) -> 
             assert await scheduler.discover(state) == 12
             listings = [r for r in sim.requests if r.path.lower().endswith("/backupjobs")]
             assert len(listings) == 3
-            assert len(tracker.jobs) == 12
+            assert len(every_job(tracker)) == 12
             clock.advance(120)
             _job(estate, 100, "vault-d", start=clock() - 30, duration=600)
             _job(estate, 101, "vault-d", start=clock() - 10, duration=600)
             assert await scheduler.discover(state) == 2
-            assert len(tracker.jobs) == 14
+            assert len(every_job(tracker)) == 14
             assert await scheduler.discover(state) == 0
     finally:
         await sim.close()
@@ -384,7 +384,7 @@ async def test_batched_round_costs_one_listing_per_vault_plus_the_jobs_that_ende
             clock.advance(100)
             ended = await scheduler.run_round()
             assert ended.requests == 3 + 4
-            finished = [tj for tj in tracker.jobs.values() if tj.state == "final"]
+            finished = [tj for tj in every_job(tracker).values() if tj.state == "final"]
             assert len(finished) == 4
             assert {tj.status for tj in finished} == {"Completed"}
     finally:
@@ -496,7 +496,7 @@ async def test_404_job_is_marked_not_found_and_403_vault_unauthorized(
     )
     async with parts(config) as (scheduler, tracker, _client):
         await scheduler.run_round()
-        jobs = {(j["vault"], j["job_id"]): j for j in tracker.api_jobs()}
+        jobs = {(j["vault"], j["job_id"]): j for j in tracker.api_jobs()[0]}
         assert jobs[("vault-a", missing)]["state"] == "not_found"
         assert jobs[("vault-b", ok.job_id)]["state"] == "unauthorized"
         assert "AuthorizationFailed" in jobs[("vault-b", ok.job_id)]["last_error"]
@@ -559,7 +559,7 @@ async def test_a_vault_whose_listing_fails_backs_off_alone(
         scheduler, tracker = watcher.scheduler, watcher.tracker
         assert scheduler is not None
         assert tracker is not None
-        await wait_for(lambda: all(tj.start_time is not None for tj in tracker.jobs.values()))
+        await wait_for(lambda: all(tj.start_time is not None for tj in every_job(tracker).values()))
         sim.inject(500, path_contains="vault-a/backupjobs", times=10_000)
         b_passes: list[int] = []
         a_passes: list[int] = []

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SUB, make_config, running_watcher, wait_for
+from tests.conftest import SUB, every_job, make_config, running_watcher, wait_for
 from watcher.sharding import index_from_pod_name, resolve_shard, shard_of
 from watcher.sim import Estate, SimJob, start_simulator
 
@@ -123,8 +123,8 @@ async def test_two_shards_split_the_vaults_and_sum_to_one_watcher(tmp_path: Path
                 owned = len(tracker.vaults)
                 await wait_for(
                     lambda t=tracker, n=owned: (
-                        len(t.jobs) == 2 * n  # type: ignore[misc]
-                        and all(j.state == "final" for j in t.jobs.values())
+                        len(every_job(t)) == 2 * n  # type: ignore[misc]
+                        and all(j.state == "final" for j in every_job(t).values())
                     ),
                     limit=20,
                 )

@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from tests.conftest import SUB, FakeClock
+from tests.conftest import SUB, FakeClock, every_job
 from watcher.azure.models import Job, VaultRef
 from watcher.errors import StoreError
+from watcher.metrics import Metrics
 from watcher.state import FINISHED, Tracker, VaultState
 from watcher.store import SCHEMA_VERSION, Store
 
@@ -90,7 +92,7 @@ def test_a_job_is_counted_once_even_when_seen_again(tmp_path: Path) -> None:
     again = _tracker(path, clock)
     again.observe(VAULT, _job("j1", "Completed", start, clock()))
     assert sum(again.counters[FINISHED].values()) == 1
-    assert [(f, t) for f, t, _at in again.jobs[(VAULT.key, "j1")].transitions] == [
+    assert [(t["from_status"], t["to_status"]) for t in again.store.transitions("j1")] == [
         (None, "InProgress"),
         ("InProgress", "Completed"),
     ]
@@ -122,9 +124,9 @@ def test_pruning_forgets_old_finished_jobs_without_losing_totals(tmp_path: Path)
     tracker.observe(VAULT, _job("drop", "Failed", start, clock(), entity="vm-drop"))
     totals = dict(tracker.counters[FINISHED])
     clock.advance(40 * 86400)
-    removed = tracker.prune(lookback=86400, retention=30 * 86400)
-    assert removed == 1
-    assert {k[1] for k in tracker.jobs} == {"keep", "running"}
+    removed, more = tracker.prune(lookback=86400, retention=30 * 86400)
+    assert (removed, more) == (1, False)
+    assert {k[1] for k in every_job(tracker)} == {"keep", "running"}
     assert tracker.counters[FINISHED] == totals
     # No job for longer than the retention: the item leaves /metrics; its row stays in the store.
     assert (VAULT.key, "vm-drop", "Backup") not in tracker.items
@@ -132,7 +134,7 @@ def test_pruning_forgets_old_finished_jobs_without_losing_totals(tmp_path: Path)
     assert tracker.store.transitions() == []
     tracker.store.close()
     restored = _tracker(path, clock, jobs=("keep",))
-    assert {k[1] for k in restored.jobs} == {"keep", "running"}
+    assert {k[1] for k in every_job(restored)} == {"keep", "running"}
     assert restored.counters[FINISHED] == totals
     restored.store.close()
 
@@ -146,9 +148,14 @@ def test_an_item_without_jobs_for_the_retention_leaves_the_metrics_until_its_nex
     clock.advance(20 * 86400)
     tracker.observe(VAULT, _job("new", "Completed", clock() - 600, clock(), entity="vm-alive"))
     clock.advance(11 * 86400)
+    metrics = Metrics(CollectorRegistry(), "test")
+    metrics.watch(tracker)
+    assert 'entity="vm-gone"' in metrics.render(False).decode()
     tracker.prune(lookback=86400, retention=30 * 86400)
     assert {key[1] for key in tracker.items} == {"vm-alive"}
-    assert {item.entity for item in tracker.snapshot().items} == {"vm-alive"}
+    scrape = metrics.render(False).decode()
+    assert 'entity="vm-alive"' in scrape
+    assert 'entity="vm-gone"' not in scrape
     tracker.observe(VAULT, _job("back", "Completed", clock() - 600, clock(), entity="vm-gone"))
     assert {key[1] for key in tracker.items} == {"vm-alive", "vm-gone"}
     tracker.store.close()

@@ -7,11 +7,13 @@ import contextlib
 import signal
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -62,6 +64,19 @@ class AzureSide:
         await self.close()
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy HTTPS_PROXY (HTTP_PROXY for a plain-http endpoint, else ALL_PROXY) names for `url`,
+    unless NO_PROXY exempts its host; credentials in the proxy's URL are sent to it."""
+    target = yarl.URL(url)
+    if urllib.request.proxy_bypass(target.host or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    if not proxy:
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"
+
+
 def client_settings(config: Config, *, daemon: bool) -> dict[str, Any]:
     """The client's poll settings; the daemon waits in place for a retry no longer than an interval."""
     return {
@@ -81,7 +96,14 @@ def build_azure(
     connector = aiohttp.TCPConnector(
         limit=config.poll.concurrency, ssl=ssl_context(config) or True, ttl_dns_cache=300
     )
-    session = aiohttp.ClientSession(connector=connector, trust_env=True, raise_for_status=False)
+    # The environment's proxy is looked up once here: with trust_env aiohttp would look proxies and netrc
+    # up again, in a thread, for every request.
+    session = aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        raise_for_status=False,
+        proxy=env_proxy(management_endpoint(config.azure)),
+    )
     client = ArmClient(
         session=session,
         tokens=tokens,
@@ -130,7 +152,7 @@ class Watcher:
         self.store = Store.open(self.config.store.path)
         try:
             self.tracker = Tracker(self.store, clock=self.clock)
-            self.metrics.watch(self.tracker.snapshot)
+            self.metrics.watch(self.tracker)
             self.azure = build_azure(self.config, self.metrics, self.limiter, daemon=True)
             self.scheduler = Scheduler(
                 self.tracker, self.azure.client, self.config, shard=self.shard, clock=self.clock
@@ -145,7 +167,7 @@ class Watcher:
             version=__version__,
             vaults=len(self.tracker.vaults),
             subscriptions=len(self.config.subscriptions),
-            jobs=len(self.tracker.jobs),
+            jobs=sum(len(data.active) for data in self.tracker.data.values()),
             listen=f"{self.listen_host}:{self.port}",
             endpoint=self.azure.client.endpoint,
             cloud=self.config.azure.cloud,
@@ -161,11 +183,12 @@ class Watcher:
     async def _serve(self) -> None:
         assert self.tracker is not None
         app = create_app(
-            render=self.metrics.render,
+            render=self.metrics.body,
             healthy=self.healthy,
             ready=lambda: self.scheduler is not None and self.scheduler.ready,
             jobs=self.tracker.api_jobs,
             stale=self.stale_vaults,
+            clock=self.clock,
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

@@ -1,16 +1,22 @@
 """Every metric backup-watcher exports, in one place; the registry is injected.
 
-State that comes and goes (running jobs, per-item outcomes, watched counts) and the job totals that
-are restored from the store are rendered by `TrackerCollector` from an immutable snapshot. What the
-daemon itself observes about its requests to Azure uses ordinary counters and histograms.
+What the daemon observes about its own requests to Azure uses ordinary prometheus_client counters and
+histograms. Job, item and vault state lives in the tracker, vault by vault, and is exposed by
+`TrackerExposition`: each family's samples for one vault are rendered once into a chunk of bytes and
+reused while that vault's version of the facts behind it stays the same, so a scrape of a large estate
+joins cached chunks instead of formatting hundreds of thousands of samples. Chunks are also kept
+deflated, and a gzip scrape (what Prometheus asks for) is assembled from them as one gzip member.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import struct
+import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,8 +30,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, ItemHealth, ProtectionState, VaultRef
-from watcher.state import DURATION_BUCKETS, FINISHED, TRANSITIONS, Snapshot
+from watcher.azure.models import ACTIVE_STATUSES, FINAL_STATUSES, ItemHealth, ProtectionState
+from watcher.state import DURATION_BUCKETS, INVENTORY, ITEMS, JOBS, POLLS, VaultData, VaultState
+
+if TYPE_CHECKING:
+    from watcher.state import Tracker
 
 # `_created` series double the output and no rule of ours uses them.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -62,14 +71,33 @@ generate_openmetrics = cast(Callable[[CollectorRegistry], bytes], openmetrics_la
 
 API_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+# A scrape gives the event loop back after this much work, so polls and other requests go on.
+SLICE_SECONDS = 0.005
+# /metrics bodies are written in pieces of about this size (no copy of the whole body is made).
+WRITE_BYTES = 256 * 1024
+# Cached chunks are deflated at this level once; a scrape only joins them.
+DEFLATE_LEVEL = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A /metrics response body as pieces to write in order, and its length."""
+
+    parts: list[bytes]
+    length: int
+    gzip: bool
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
 
 class Metrics:
-    """The daemon's own metrics, plus the collector of job state once a tracker exists."""
+    """The daemon's own metrics, plus the exposition of the tracker's state once a tracker exists."""
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
         # The daemon's own metrics live apart so /metrics can format them with prometheus_client and the
-        # tracker's families with `TrackerCollector.lines`; `registry` still collects both.
+        # tracker's families from its cache; `registry` still collects both.
         self._own = CollectorRegistry()
         registry.register(self._own)
         self.build_info = Gauge(
@@ -111,7 +139,8 @@ class Metrics:
             registry=self._own,
         )
         self.config_reload_ok.set(1)
-        self._collector: TrackerCollector | None = None
+        self.exposition: TrackerExposition | None = None
+        self._scrape = asyncio.Lock()
         # Subscriptions still watched once a reload has narrowed them (None: every one). Requests of
         # the old config still in flight must not bring back the series of one that was dropped.
         self._subscriptions: set[str] | None = None
@@ -142,20 +171,34 @@ class Metrics:
                 if labels[0].lower() not in wanted:
                     metric.remove(*labels)
 
-    def render(self, openmetrics: bool) -> bytes:
-        """The /metrics body, in the OpenMetrics form or the Prometheus text form."""
-        tracker = self._collector.lines(openmetrics) if self._collector is not None else []
-        if not openmetrics:
-            return b"".join([generate_latest(self._own), *tracker])
-        own = generate_openmetrics(self._own).removesuffix(b"# EOF\n")
-        return b"".join([own, *tracker, b"# EOF\n"])
+    def watch(self, tracker: Tracker) -> None:
+        """Expose the tracker's jobs, items and vaults from now on."""
+        if self.exposition is not None:
+            self.registry.unregister(self.exposition)
+        self.exposition = TrackerExposition(tracker)
+        self.registry.register(self.exposition)
 
-    def watch(self, snapshot: Callable[[], Snapshot]) -> None:
-        """Render job state from `snapshot()` at every scrape."""
-        if self._collector is not None:
-            self.registry.unregister(self._collector)
-        self._collector = TrackerCollector(snapshot)
-        self.registry.register(self._collector)
+    def render(self, openmetrics: bool) -> bytes:
+        """The whole /metrics body at once, uncompressed (for tests and one-off use)."""
+        body = _Assembly(self._own_chunk(openmetrics), openmetrics, gzip=False)
+        if self.exposition is not None:
+            for _pause in self.exposition.build(body):
+                pass
+        return body.finish().join()
+
+    async def body(self, openmetrics: bool, gzip: bool) -> Body:
+        """The /metrics body, built a slice at a time so the event loop never waits on a scrape."""
+        async with self._scrape:  # a second scrape at once finds the first one's chunks cached
+            body = _Assembly(self._own_chunk(openmetrics), openmetrics, gzip=gzip)
+            if self.exposition is not None:
+                for _pause in self.exposition.build(body):
+                    await asyncio.sleep(0)
+            return body.finish()
+
+    def _own_chunk(self, openmetrics: bool) -> _Chunk:
+        if openmetrics:
+            return _Chunk.of(generate_openmetrics(self._own).removesuffix(b"# EOF\n"))
+        return _Chunk.of(generate_latest(self._own))
 
 
 def _label_sets(metric: Any) -> Iterator[tuple[str, ...]]:
@@ -164,319 +207,578 @@ def _label_sets(metric: Any) -> Iterator[tuple[str, ...]]:
         yield from list(metric._metrics.keys())
 
 
-def _vault_values(ref: VaultRef) -> list[str]:
-    return [ref.subscription_id, ref.resource_group, ref.name, ref.kind.value]
+# -- crc32 of a concatenation (zlib's crc32_combine, which Python's zlib does not expose) ------------
+
+_CRC_POLY = 0xEDB88320
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected); `a` is never 0 here."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if (a & (m - 1)) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+
+
+def _x2n_table() -> list[int]:
+    p = 1 << 30  # x^1
+    table = [p]
+    for _ in range(1, 32):
+        p = _multmodp(p, p)
+        table.append(p)
+    return table
+
+
+_X2N = _x2n_table()
+
+
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B)."""
+    op = 1 << 31  # x^0
+    k = 3  # x^(8 * len2): bytes to bits
+    n = len2
+    while n:
+        if n & 1:
+            op = _multmodp(_X2N[k & 31], op)
+        n >>= 1
+        k += 1
+    return _multmodp(op, crc1) ^ crc2
+
+
+# -- chunks and the body they make -------------------------------------------------------------------
+
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no mtime, unknown OS
+_DEFLATE_END = b"\x03\x00"  # an empty final block: what ends the concatenated deflate segments
+
+
+def _deflate(raw: bytes) -> bytes:
+    """`raw` as a self-contained deflate segment: no back-reference before it, ends byte-aligned and
+    not final, so segments concatenate into one valid deflate stream."""
+    if not raw:
+        return b""
+    compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+_stamps = iter(range(1, 1 << 62))
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Some rendered samples: the bytes, their CRC-32, and (once a gzip scrape wanted them) deflated."""
+
+    raw: bytes
+    crc: int
+    key: Any = None  # what it was rendered from; a different key means render again
+    stamp: int = 0  # unique per rendering, so a section can tell that one of its chunks changed
+    _gz: bytes | None = None
+
+    @classmethod
+    def of(cls, raw: bytes, key: Any = None) -> _Chunk:
+        return cls(raw, zlib.crc32(raw), key, next(_stamps))
+
+    @property
+    def gz(self) -> bytes:
+        if self._gz is None:
+            self._gz = _deflate(self.raw)
+        return self._gz
+
+
+@dataclass(slots=True)
+class _Section:
+    """What a family's samples (all vaults) added up to at the last scrape that changed them."""
+
+    keys: tuple[str, ...]
+    top: int
+    crc: int
+    length: int
+
+
+class _Assembly:
+    """A body being put together piece by piece, plain or as one gzip member."""
+
+    def __init__(self, first: _Chunk, openmetrics: bool, *, gzip: bool) -> None:
+        self.openmetrics = openmetrics
+        self.gzip = gzip
+        self.parts: list[bytes] = [_GZIP_HEADER] if gzip else []
+        self.crc = 0
+        self.length = 0
+        self.add(first)
+
+    def add(self, chunk: _Chunk) -> None:
+        self._add(chunk.gz if self.gzip else chunk.raw, chunk.crc, len(chunk.raw))
+
+    def add_section(self, chunks: list[_Chunk], crc: int, length: int) -> None:
+        for chunk in chunks:
+            if chunk.raw:
+                self.parts.append(chunk.gz if self.gzip else chunk.raw)
+        self.crc = crc32_combine(self.crc, crc, length)
+        self.length += length
+
+    def _add(self, data: bytes, crc: int, length: int) -> None:
+        if data:
+            self.parts.append(data)
+        self.crc = crc32_combine(self.crc, crc, length)
+        self.length += length
+
+    def finish(self) -> Body:
+        if self.openmetrics:
+            self.add(_EOF)
+        parts = self.parts
+        if self.gzip:
+            parts = [*parts, _DEFLATE_END, struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)]
+        return Body(parts, sum(map(len, parts)), self.gzip)
+
+
+_EOF = _Chunk.of(b"# EOF\n")
+
+
+# -- the tracker's families --------------------------------------------------------------------------
+
+Rows = Iterable[tuple[tuple[str, ...], float]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Family:
-    """One family of the tracker's metrics as rows of label values; rendered by either path."""
+    """One family of the tracker's metrics: per vault, its samples come from `rows(state, data)` as
+    (values of the labels after the vault's, value), and change only with the vault's `group` version."""
 
     name: str
-    kind: str  # counter | gauge | histogram
+    kind: str  # counter | gauge
     help: str
-    labels: tuple[str, ...]
-    # (label values, value); a histogram's value is (cumulative [(le, count)], sum).
-    rows: list[tuple[tuple[str, ...], Any]]
+    extra: tuple[str, ...]  # label names after VAULT_LABELS
+    group: str
+    rows: Callable[[VaultState, VaultData], Rows]
+    labels: tuple[str, ...] = field(init=False)
+    sample: str = field(init=False)
+    # Positions of the extra labels, in the order sorted label names put them (how samples are written).
+    extra_order: tuple[int, ...] = field(init=False)
 
+    def __post_init__(self) -> None:
+        labels = (*VAULT_LABELS, *self.extra)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "sample", f"{self.name}_total" if self.kind == "counter" else self.name)
+        ordered = [name for name in sorted(labels) if name in self.extra]
+        object.__setattr__(self, "extra_order", tuple(self.extra.index(name) for name in ordered))
 
-_METRIC_FAMILY = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+    def header(self, openmetrics: bool) -> bytes:
+        return _header(self.name, self.kind, self.help, openmetrics)
 
-
-class TrackerCollector(Collector):
-    """Job state from the tracker's snapshot: nothing here awaits or touches the store.
-
-    `collect()` serves prometheus_client (tests, `get_sample_value`); /metrics uses `lines()`, which
-    writes the same samples directly and reuses each series' line while its value stays the same:
-    prometheus_client spends about 25 us formatting a sample, and 10,000 items make 40,000 series.
-    """
-
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self.snapshot = snapshot
-        self._lines: dict[tuple[str, tuple[str, ...]], tuple[Any, bytes]] = {}
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterable[Metric]:
-        for family in self._families(self.snapshot()):
-            if family.kind == "histogram":
-                metric: Any = HistogramMetricFamily(family.name, family.help, labels=list(family.labels))
-                for values, (buckets, total) in family.rows:
-                    metric.add_metric(list(values), buckets, total)
-            else:
-                metric = _METRIC_FAMILY[family.kind](family.name, family.help, labels=list(family.labels))
-                for values, value in family.rows:
-                    metric.add_metric(list(values), value)
-            yield metric
-
-    def lines(self, openmetrics: bool) -> list[bytes]:
-        """The exposition of every family, in the Prometheus or the OpenMetrics form, line by line."""
-        out: list[bytes] = []
-        previous, self._lines = self._lines, {}
-        for family in self._families(self.snapshot()):
-            sample = f"{family.name}_total" if family.kind == "counter" else family.name
-            header = family.name if openmetrics else sample
-            help_text = family.help.replace("\\", r"\\").replace("\n", r"\n")
-            if openmetrics:
-                help_text = help_text.replace('"', r"\"")
-            out.append(f"# HELP {header} {help_text}\n# TYPE {header} {family.kind}\n".encode())
-            order = sorted(range(len(family.labels)), key=family.labels.__getitem__)
-            if family.kind == "histogram":
-                out.extend(line.encode() for line in _histogram_lines(family, order))
-                continue
-            for values, value in family.rows:
-                key = (family.name, values)
-                cached = previous.get(key)
-                if cached is None or cached[0] != value:
-                    labels = _label_text(family.labels, order, values)
-                    cached = (value, f"{sample}{labels} {_number(value)}\n".encode())
-                self._lines[key] = cached
-                out.append(cached[1])
-        return out
-
-    def _families(self, snap: Snapshot) -> Iterator[_Family]:
-        yield self._finished(snap)
-        yield self._durations(snap)
-        yield self._transitions(snap)
-        yield self._watched(snap)
-        yield self._running(snap)
-        yield from self._items(snap)
-        yield from self._inventory(snap)
-        yield from self._polls(snap)
-
-    def _finished(self, snap: Snapshot) -> _Family:
-        values: dict[tuple[str, ...], float] = {}
-        for labels_json, value in snap.counters.get(FINISHED, {}).items():
-            labels = json.loads(labels_json)
-            key = tuple(labels[k] for k in (*VAULT_LABELS, "operation", "job_type"))
-            values[(*key, labels["status"])] = value
-            # Every final status starts at 0 once a kind of job is known, so the first failure is an increase.
-            for status in FINAL_ORDER:
-                values.setdefault((*key, status), 0.0)
-        for vault, _job_id, operation, job_type, _entity, _start in snap.running:
-            key = (*_vault_values(vault), operation, job_type)
-            for status in FINAL_ORDER:
-                values.setdefault((*key, status), 0.0)
-        return _Family(
-            "azure_backup_jobs_finished",
-            "counter",
-            "Jobs seen reaching a final status (Completed, CompletedWithWarnings, Failed, Cancelled); "
-            "each job counted once, also across restarts.",
-            (*VAULT_LABELS, "operation", "job_type", "status"),
-            sorted(values.items()),
+    def template(self, state: VaultState) -> str:
+        """The sample line with the vault's labels filled in, %s for the others and the value."""
+        ref = state.ref
+        vault = dict(
+            zip(
+                VAULT_LABELS, (ref.subscription_id, ref.resource_group, ref.name, ref.kind.value), strict=True
+            )
         )
+        labels = ",".join(
+            f'{name}="%s"' if name in self.extra else f'{name}="{_escape(vault[name]).replace("%", "%%")}"'
+            for name in sorted(self.labels)
+        )
+        return f"{self.sample}{{{labels}}} %s\n"
 
-    def _durations(self, snap: Snapshot) -> _Family:
-        rows: list[tuple[tuple[str, ...], Any]] = []
-        for (operation, job_type, status), (buckets, total, count) in sorted(snap.durations.items()):
-            cumulative = []
-            running = 0
-            for bound, n in zip(DURATION_BUCKETS, buckets, strict=True):
-                running += n
-                cumulative.append((_le(bound), float(running)))
-            cumulative.append(("+Inf", float(count)))
-            rows.append(((operation, job_type, status), (cumulative, total)))
-        return _Family(
-            "azure_backup_job_duration_seconds",
-            "histogram",
-            "Duration of finished jobs, from start to end.",
-            ("operation", "job_type", "status"),
-            rows,
-        )
+    def render(self, state: VaultState, data: VaultData) -> bytes:
+        template = self.template(state)
+        order = self.extra_order
+        lines = [
+            template % (*[_escape(values[i]) for i in order], _number(value))
+            for values, value in self.rows(state, data)
+        ]
+        return "".join(lines).encode()
 
-    def _transitions(self, snap: Snapshot) -> _Family:
-        names = (*VAULT_LABELS, "operation", "from_status", "to_status")
-        rows: list[tuple[tuple[str, ...], Any]] = []
-        for labels_json, value in sorted(snap.counters.get(TRANSITIONS, {}).items()):
-            labels = json.loads(labels_json)
-            rows.append((tuple(labels[k] for k in names), value))
-        return _Family("azure_backup_job_transitions", "counter", "Job status changes observed.", names, rows)
 
-    def _watched(self, snap: Snapshot) -> _Family:
-        counts = {(vault.key, status): n for vault, status, n in snap.watched}
-        extra: dict[str, set[str]] = {}
-        for key, status in counts:
-            if status not in WATCHED_STATUSES:
-                extra.setdefault(key, set()).add(status)
-        rows: list[tuple[tuple[str, ...], Any]] = []
-        for vault in snap.vaults:
-            for status in (*WATCHED_STATUSES, *sorted(extra.get(vault.key, ()))):
-                rows.append(((*_vault_values(vault), status), float(counts.get((vault.key, status), 0))))
-        return _Family(
-            "azure_backup_jobs_watched",
-            "gauge",
-            "Jobs currently tracked, by status.",
-            (*VAULT_LABELS, "status"),
-            rows,
-        )
-
-    def _running(self, snap: Snapshot) -> _Family:
-        return _Family(
-            "azure_backup_job_running_start_timestamp_seconds",
-            "gauge",
-            "Start time of each job now InProgress or Cancelling; the series ends with the job.",
-            (*VAULT_LABELS, "job_id", "operation", "job_type", "entity"),
-            [
-                ((*_vault_values(vault), job_id, operation, job_type, entity), start)
-                for vault, job_id, operation, job_type, entity, start in snap.running
-            ],
-        )
-
-    def _items(self, snap: Snapshot) -> Iterator[_Family]:
-        labels = (*VAULT_LABELS, "entity", "operation")
-        last_success: list[tuple[tuple[str, ...], Any]] = []
-        last_ok: list[tuple[tuple[str, ...], Any]] = []
-        last_duration: list[tuple[tuple[str, ...], Any]] = []
-        sizes: dict[tuple[str, ...], tuple[float, int]] = {}
-        for item in sorted(snap.items, key=lambda i: (i.vault_key, i.entity, i.operation)):
-            vault = (item.subscription_id, item.resource_group, item.vault, item.vault_type)
-            values = (*vault, item.entity, item.operation)
-            if item.last_success is not None:
-                last_success.append((values, item.last_success))
-            last_ok.append((values, float(item.last_status_success)))
-            if item.last_duration is not None:
-                last_duration.append((values, item.last_duration))
-            if item.size_bytes is not None and item.size_at is not None:
-                entity = (*vault, item.entity)
-                if entity not in sizes or item.size_at > sizes[entity][0]:
-                    sizes[entity] = (item.size_at, item.size_bytes)
-        yield _Family(
-            "azure_backup_last_success_timestamp_seconds",
-            "gauge",
-            "End time of the newest Completed or CompletedWithWarnings job of the protected item.",
-            labels,
-            last_success,
-        )
-        yield _Family(
-            "azure_backup_last_job_status_success",
-            "gauge",
-            "1 if the newest finished job of the protected item succeeded, else 0.",
-            labels,
-            last_ok,
-        )
-        yield _Family(
-            "azure_backup_last_job_duration_seconds",
-            "gauge",
-            "Duration of the newest finished job of the protected item.",
-            labels,
-            last_duration,
-        )
-        yield _Family(
-            "azure_backup_last_backup_size_bytes",
-            "gauge",
-            "Backup size reported by the newest job of the protected item that reported one.",
-            (*VAULT_LABELS, "entity"),
-            [(entity, float(value)) for entity, (_at, value) in sorted(sizes.items())],
-        )
-
-    def _inventory(self, snap: Snapshot) -> Iterator[_Family]:
-        info: list[tuple[tuple[str, ...], Any]] = []
-        points: list[tuple[tuple[str, ...], Any]] = []
-        first_seen: list[tuple[tuple[str, ...], Any]] = []
-        states: list[tuple[tuple[str, ...], Any]] = []
-        health: list[tuple[tuple[str, ...], Any]] = []
-        for row in sorted(snap.inventory, key=lambda r: (r.vault_key, r.item)):
-            item = (row.subscription_id, row.resource_group, row.vault, row.vault_type, row.name)
-            info.append(((*item, row.entity, row.item_type, row.policy, row.source_resource_id), 1.0))
-            if row.last_recovery_point is not None:
-                points.append((item, row.last_recovery_point))
-            first_seen.append((item, row.first_seen))
-            for state in PROTECTION_STATES:
-                states.append(((*item, state), 1.0 if row.protection_state == state else 0.0))
-            for kind in HEALTH_STATES:
-                health.append(((*item, kind), 1.0 if row.health == kind else 0.0))
-        labels = (*VAULT_LABELS, "item")
-        yield _Family(
-            "azure_backup_item_info",
-            "gauge",
-            "1 for every protected item (backup instance) in Azure's inventory of the vault.",
-            (*labels, "entity", "item_type", "policy", "source_resource_id"),
-            info,
-        )
-        yield _Family(
-            "azure_backup_item_last_recovery_point_timestamp_seconds",
-            "gauge",
-            "Newest recovery point Azure reports for the item; absent for an item never backed up.",
-            labels,
-            points,
-        )
-        yield _Family(
-            "azure_backup_item_first_seen_timestamp_seconds",
-            "gauge",
-            "When the watcher first saw the item in the inventory.",
-            labels,
-            first_seen,
-        )
-        yield _Family(
-            "azure_backup_item_protection_state",
-            "gauge",
-            "The item's protection (protected, pending, stopped, suspended, error, unknown): 1 for its "
-            "current state, 0 for the others.",
-            (*labels, "state"),
-            states,
-        )
-        yield _Family(
-            "azure_backup_item_health",
-            "gauge",
-            "The item's health as Azure reports it (healthy, action_required, action_suggested): 1 for the "
-            "current one; all 0 where Azure reports none.",
-            (*labels, "health"),
-            health,
-        )
-
-    def _polls(self, snap: Snapshot) -> Iterator[_Family]:
-        extra: dict[str, set[str]] = {}
-        for key, reason in snap.poll_errors:
-            if reason not in POLL_ERROR_REASONS:
-                extra.setdefault(key, set()).add(reason)
-        errors: list[tuple[tuple[str, ...], Any]] = []
-        for vault in snap.vaults:
-            for reason in (*POLL_ERROR_REASONS, *sorted(extra.get(vault.key, ()))):
-                count = snap.poll_errors.get((vault.key, reason), 0.0)
-                errors.append(((*_vault_values(vault), reason), count))
-        yield _Family(
-            "azure_backup_watcher_poll_errors",
-            "counter",
-            "Failed polls by reason: throttled, server_error, timeout, connection, auth, forbidden, "
-            "not_found, bad_response.",
-            (*VAULT_LABELS, "reason"),
-            errors,
-        )
-        yield _Family(
-            "azure_backup_watcher_discovery_gaps",
-            "counter",
-            "Times the watcher was away longer than discovery.lookback, so jobs that started and ended "
-            "meanwhile may be missing (logged as discovery_gap).",
-            VAULT_LABELS,
-            [(tuple(_vault_values(vault)), snap.discovery_gaps.get(vault.key, 0.0)) for vault in snap.vaults],
-        )
-        yield _Family(
-            "azure_backup_watcher_last_successful_poll_timestamp_seconds",
-            "gauge",
-            "Last time a pass over the vault (its listings and job polls) ended without any error.",
-            VAULT_LABELS,
-            [(tuple(_vault_values(vault)), when) for vault, when in snap.last_ok_poll],
-        )
+def _header(name: str, kind: str, help_text: str, openmetrics: bool) -> bytes:
+    if openmetrics:
+        escaped = _escape(help_text)
+        return f"# HELP {name} {escaped}\n# TYPE {name} {kind}\n".encode()
+    sample = f"{name}_total" if kind == "counter" else name
+    escaped = help_text.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {sample} {escaped}\n# TYPE {sample} {kind}\n".encode()
 
 
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _label_text(names: tuple[str, ...], order: list[int], values: tuple[str, ...]) -> str:
-    return "{" + ",".join(f'{names[i]}="{_escape(values[i])}"' for i in order) + "}"
+def _finished_rows(_state: VaultState, data: VaultData) -> Rows:
+    values: dict[tuple[str, str, str], float] = {}
+    for (operation, job_type, status), value in data.finished.items():
+        values[(operation, job_type, status)] = value
+    # Every final status starts at 0 once a kind of job is known, so the first failure is an increase.
+    kinds = {(operation, job_type) for operation, job_type, _status in data.finished}
+    kinds.update((tj.operation, tj.job_type) for tj in data.active.values() if tj.running)
+    for operation, job_type in kinds:
+        for status in FINAL_ORDER:
+            values.setdefault((operation, job_type, status), 0.0)
+    return sorted(values.items())
 
 
-def _histogram_lines(family: _Family, order: list[int]) -> Iterator[str]:
-    names = (*family.labels, "le")
-    with_le = sorted(range(len(names)), key=names.__getitem__)
-    for values, (buckets, total) in family.rows:
-        for le, count in buckets:
-            yield f"{family.name}_bucket{_label_text(names, with_le, (*values, le))} {_number(count)}\n"
-        labels = _label_text(family.labels, order, values)
-        yield f"{family.name}_count{labels} {_number(buckets[-1][1])}\n"
-        yield f"{family.name}_sum{labels} {_number(total)}\n"
+def _transition_rows(_state: VaultState, data: VaultData) -> Rows:
+    return sorted(data.transitions.items())
+
+
+def _watched_rows(_state: VaultState, data: VaultData) -> Rows:
+    counts = data.watched_counts()
+    extra = sorted(status for status in counts if status not in WATCHED_STATUSES)
+    return [((status,), float(counts.get(status, 0))) for status in (*WATCHED_STATUSES, *extra)]
+
+
+def _running_rows(_state: VaultState, data: VaultData) -> Rows:
+    running = sorted(
+        (tj for tj in data.active.values() if tj.running and tj.start_time is not None),
+        key=lambda tj: tj.job_id,
+    )
+    return [
+        ((tj.job_id, tj.operation, tj.job_type, tj.entity), float(tj.start_time or 0.0)) for tj in running
+    ]
+
+
+def _items(data: VaultData) -> list[Any]:
+    return [data.items[key] for key in sorted(data.items)]
+
+
+def _last_success_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [((i.entity, i.operation), i.last_success) for i in _items(data) if i.last_success is not None]
+
+
+def _last_ok_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [((i.entity, i.operation), float(i.last_status_success)) for i in _items(data)]
+
+
+def _last_duration_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [((i.entity, i.operation), i.last_duration) for i in _items(data) if i.last_duration is not None]
+
+
+def _size_rows(_state: VaultState, data: VaultData) -> Rows:
+    sizes: dict[str, tuple[float, int]] = {}
+    for item in data.items.values():
+        if item.size_bytes is None or item.size_at is None:
+            continue
+        if item.entity not in sizes or item.size_at > sizes[item.entity][0]:
+            sizes[item.entity] = (item.size_at, item.size_bytes)
+    return [((entity,), float(size)) for entity, (_at, size) in sorted(sizes.items())]
+
+
+def _inventory(data: VaultData) -> list[Any]:
+    if data.inventory_hidden:
+        return []
+    return [data.inventory[key] for key in sorted(data.inventory)]
+
+
+def _item_info_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [
+        ((row.name, row.entity, row.item_type, row.policy, row.source_resource_id), 1.0)
+        for row in _inventory(data)
+    ]
+
+
+def _recovery_point_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [
+        ((row.name,), row.last_recovery_point)
+        for row in _inventory(data)
+        if row.last_recovery_point is not None
+    ]
+
+
+def _first_seen_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [((row.name,), row.first_seen) for row in _inventory(data)]
+
+
+def _protection_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [
+        ((row.name, state), 1.0 if row.protection_state == state else 0.0)
+        for row in _inventory(data)
+        for state in PROTECTION_STATES
+    ]
+
+
+def _health_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [
+        ((row.name, kind), 1.0 if row.health == kind else 0.0)
+        for row in _inventory(data)
+        for kind in HEALTH_STATES
+    ]
+
+
+def _poll_error_rows(_state: VaultState, data: VaultData) -> Rows:
+    extra = sorted(reason for reason in data.poll_errors if reason not in POLL_ERROR_REASONS)
+    return [((reason,), data.poll_errors.get(reason, 0.0)) for reason in (*POLL_ERROR_REASONS, *extra)]
+
+
+def _gap_rows(_state: VaultState, data: VaultData) -> Rows:
+    return [((), data.discovery_gaps)]
+
+
+def _last_poll_rows(state: VaultState, _data: VaultData) -> Rows:
+    return [((), state.last_ok_poll)] if state.last_ok_poll is not None else []
+
+
+_ITEM = ("entity", "operation")
+FAMILIES: tuple[_Family, ...] = (
+    _Family(
+        "azure_backup_jobs_finished",
+        "counter",
+        "Jobs seen reaching a final status (Completed, CompletedWithWarnings, Failed, Cancelled); "
+        "each job counted once, also across restarts.",
+        ("operation", "job_type", "status"),
+        JOBS,
+        _finished_rows,
+    ),
+    _Family(
+        "azure_backup_job_transitions",
+        "counter",
+        "Job status changes observed.",
+        ("operation", "from_status", "to_status"),
+        JOBS,
+        _transition_rows,
+    ),
+    _Family(
+        "azure_backup_jobs_watched",
+        "gauge",
+        "Jobs currently tracked, by status.",
+        ("status",),
+        JOBS,
+        _watched_rows,
+    ),
+    _Family(
+        "azure_backup_job_running_start_timestamp_seconds",
+        "gauge",
+        "Start time of each job now InProgress or Cancelling; the series ends with the job.",
+        ("job_id", "operation", "job_type", "entity"),
+        JOBS,
+        _running_rows,
+    ),
+    _Family(
+        "azure_backup_last_success_timestamp_seconds",
+        "gauge",
+        "End time of the newest Completed or CompletedWithWarnings job of the protected item.",
+        _ITEM,
+        ITEMS,
+        _last_success_rows,
+    ),
+    _Family(
+        "azure_backup_last_job_status_success",
+        "gauge",
+        "1 if the newest finished job of the protected item succeeded, else 0.",
+        _ITEM,
+        ITEMS,
+        _last_ok_rows,
+    ),
+    _Family(
+        "azure_backup_last_job_duration_seconds",
+        "gauge",
+        "Duration of the newest finished job of the protected item.",
+        _ITEM,
+        ITEMS,
+        _last_duration_rows,
+    ),
+    _Family(
+        "azure_backup_last_backup_size_bytes",
+        "gauge",
+        "Backup size reported by the newest job of the protected item that reported one.",
+        ("entity",),
+        ITEMS,
+        _size_rows,
+    ),
+    _Family(
+        "azure_backup_item_info",
+        "gauge",
+        "1 for every protected item (backup instance) in Azure's inventory of the vault.",
+        ("item", "entity", "item_type", "policy", "source_resource_id"),
+        INVENTORY,
+        _item_info_rows,
+    ),
+    _Family(
+        "azure_backup_item_last_recovery_point_timestamp_seconds",
+        "gauge",
+        "Newest recovery point Azure reports for the item; absent for an item never backed up.",
+        ("item",),
+        INVENTORY,
+        _recovery_point_rows,
+    ),
+    _Family(
+        "azure_backup_item_first_seen_timestamp_seconds",
+        "gauge",
+        "When the watcher first saw the item in the inventory.",
+        ("item",),
+        INVENTORY,
+        _first_seen_rows,
+    ),
+    _Family(
+        "azure_backup_item_protection_state",
+        "gauge",
+        "The item's protection (protected, pending, stopped, suspended, error, unknown): 1 for its "
+        "current state, 0 for the others.",
+        ("item", "state"),
+        INVENTORY,
+        _protection_rows,
+    ),
+    _Family(
+        "azure_backup_item_health",
+        "gauge",
+        "The item's health as Azure reports it (healthy, action_required, action_suggested): 1 for the "
+        "current one; all 0 where Azure reports none.",
+        ("item", "health"),
+        INVENTORY,
+        _health_rows,
+    ),
+    _Family(
+        "azure_backup_watcher_poll_errors",
+        "counter",
+        "Failed polls by reason: throttled, server_error, timeout, connection, auth, forbidden, "
+        "not_found, bad_response.",
+        ("reason",),
+        POLLS,
+        _poll_error_rows,
+    ),
+    _Family(
+        "azure_backup_watcher_discovery_gaps",
+        "counter",
+        "Times the watcher was away longer than discovery.lookback, so jobs that started and ended "
+        "meanwhile may be missing (logged as discovery_gap).",
+        (),
+        POLLS,
+        _gap_rows,
+    ),
+    _Family(
+        "azure_backup_watcher_last_successful_poll_timestamp_seconds",
+        "gauge",
+        "Last time a pass over the vault (its listings and job polls) ended without any error.",
+        (),
+        POLLS,
+        _last_poll_rows,
+    ),
+)
+
+DURATIONS = "azure_backup_job_duration_seconds"
+DURATIONS_HELP = "Duration of finished jobs, from start to end."
+DURATION_LABELS = ("operation", "job_type", "status")
+# The job duration histogram (not per vault) goes after the first family, where it always was.
+DURATIONS_AFTER = 0
+
+_METRIC_FAMILY = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
+
+
+class TrackerExposition(Collector):
+    """The tracker's jobs, items and vaults as metric families, rendered from per-vault cached chunks.
+
+    `build()` puts the exposition into an `_Assembly`, pausing (yielding) every few milliseconds of work.
+    `collect()` gives the same samples to prometheus_client (tests, `get_sample_value`); a test holds
+    the two byte for byte to each other.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._chunks: list[dict[str, _Chunk]] = [{} for _ in FAMILIES]
+        self._sections: dict[int, _Section] = {}
+        self._headers = {
+            (i, om): _Chunk.of(f.header(om)) for i, f in enumerate(FAMILIES) for om in (False, True)
+        }
+        self._durations_headers = {
+            om: _Chunk.of(_header(DURATIONS, "histogram", DURATIONS_HELP, om)) for om in (False, True)
+        }
+        self._durations: _Chunk | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    # -- /metrics -------------------------------------------------------------------------------
+
+    def build(self, body: _Assembly) -> Iterator[None]:
+        """Add every family to `body`; yields whenever the event loop should get a turn."""
+        watched = list(self.tracker.watched())
+        keys = tuple(state.ref.key for state, _data in watched)
+        deadline = time.perf_counter() + SLICE_SECONDS
+        for index, family in enumerate(FAMILIES):
+            body.add(self._headers[(index, body.openmetrics)])
+            cache = self._chunks[index]
+            chunks: list[_Chunk] = []
+            top = 0
+            for state, data in watched:
+                key = (data.versions[family.group], state.ref)
+                chunk = cache.get(state.ref.key)
+                if chunk is None or chunk.key != key:
+                    chunk = cache[state.ref.key] = _Chunk.of(family.render(state, data), key)
+                chunks.append(chunk)
+                top = max(top, chunk.stamp)
+                if body.gzip and chunk.raw:
+                    chunk.gz  # noqa: B018  # deflate it now, inside this slice
+                if time.perf_counter() > deadline:
+                    yield
+                    deadline = time.perf_counter() + SLICE_SECONDS
+            if len(cache) > len(chunks):  # vaults no longer watched
+                self._chunks[index] = {key: cache[key] for key in keys if key in cache}
+            body.add_section(chunks, *self._section(index, keys, top, chunks))
+            if index == DURATIONS_AFTER:
+                body.add(self._durations_headers[body.openmetrics])
+                body.add(self._durations_chunk())
+
+    def _section(self, index: int, keys: tuple[str, ...], top: int, chunks: list[_Chunk]) -> tuple[int, int]:
+        """The CRC-32 and length of a family's samples, worked out again only when a chunk changed."""
+        section = self._sections.get(index)
+        if section is None or section.top != top or section.keys != keys:
+            crc = 0
+            length = 0
+            for chunk in chunks:
+                crc = zlib.crc32(chunk.raw, crc)
+                length += len(chunk.raw)
+            section = self._sections[index] = _Section(keys, top, crc, length)
+        return section.crc, section.length
+
+    def _durations_chunk(self) -> _Chunk:
+        version = self.tracker.durations_version
+        if self._durations is None or self._durations.key != version:
+            lines = []
+            for values, (buckets, total) in self._duration_rows():
+                labels = _label_text(DURATION_LABELS, values)
+                for le, count in buckets:
+                    bucket = _label_text((*DURATION_LABELS, "le"), (*values, le))
+                    lines.append(f"{DURATIONS}_bucket{bucket} {_number(count)}\n")
+                lines.append(f"{DURATIONS}_count{labels} {_number(buckets[-1][1])}\n")
+                lines.append(f"{DURATIONS}_sum{labels} {_number(total)}\n")
+            self._durations = _Chunk.of("".join(lines).encode(), version)
+        return self._durations
+
+    def _duration_rows(self) -> list[tuple[tuple[str, ...], tuple[list[tuple[str, float]], float]]]:
+        rows: list[tuple[tuple[str, ...], tuple[list[tuple[str, float]], float]]] = []
+        for values, (buckets, total, count) in sorted(self.tracker.durations.items()):
+            cumulative = []
+            running = 0
+            for bound, n in zip(DURATION_BUCKETS, buckets, strict=True):
+                running += n
+                cumulative.append((_le(bound), float(running)))
+            cumulative.append(("+Inf", float(count)))
+            rows.append((values, (cumulative, total)))
+        return rows
+
+    # -- prometheus_client ----------------------------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        watched = list(self.tracker.watched())
+        for index, family in enumerate(FAMILIES):
+            metric = _METRIC_FAMILY[family.kind](family.name, family.help, labels=list(family.labels))
+            for state, data in watched:
+                ref = state.ref
+                vault = [ref.subscription_id, ref.resource_group, ref.name, ref.kind.value]
+                for values, value in family.rows(state, data):
+                    metric.add_metric([*vault, *values], value)
+            yield metric
+            if index == DURATIONS_AFTER:
+                histogram = HistogramMetricFamily(DURATIONS, DURATIONS_HELP, labels=list(DURATION_LABELS))
+                for values, (buckets, total) in self._duration_rows():
+                    histogram.add_metric(list(values), buckets, total)
+                yield histogram
+
+
+def _label_text(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    pairs = sorted(zip(names, values, strict=True))
+    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}"
 
 
 def _le(bound: float) -> str:

@@ -311,15 +311,16 @@ class Scheduler:
                 log.info("vault_recovered", vault=schedule.ref.name)
 
     def _maybe_prune(self) -> None:
-        now = self.clock()
+        now = self.monotonic()
         if now < self._next_prune:
             return
-        self._next_prune = now + PRUNE_EVERY
-        removed = self.tracker.prune(
+        removed, more = self.tracker.prune(
             lookback=self.config.discovery.lookback, retention=self.config.store.retention
         )
+        # A backlog is forgotten a few thousand rows a tick, never in one long transaction.
+        self._next_prune = now if more else now + PRUNE_EVERY
         if removed:
-            log.info("store_pruned", jobs=removed)
+            log.info("store_pruned", jobs=removed, more=more)
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -620,18 +621,18 @@ class Scheduler:
         except NotFoundError as exc:
             # Not the vault's failure: the job is gone or not visible yet. Counted, kept, asked again later.
             self.tracker.poll_error(vault, exc.reason)
-            known = self.tracker.known(vault, job_id)
-            if known is None or known.state is not JobState.NOT_FOUND:
+            followed = self.tracker.followed(vault, job_id)
+            if followed is None or followed.state is not JobState.NOT_FOUND:
                 log.warning("job_not_found", vault=vault.name, job_id=job_id, error=str(exc))
             self.tracker.mark_error(vault, job_id, str(exc), state=JobState.NOT_FOUND)
-            tracked = self.tracker.known(vault, job_id)
+            tracked = self.tracker.followed(vault, job_id)
             if tracked is not None:
                 tracked.next_check = self.monotonic() + min(
                     NOT_FOUND_RECHECK, max(10 * self.config.poll.interval, self.config.poll.backoff_max)
                 )
             return None
         except AzureError as exc:
-            tracked = self.tracker.known(vault, job_id)
+            tracked = self.tracker.followed(vault, job_id)
             if tracked is not None:
                 tracked.failures += 1
                 delay = self.backoff.delay(tracked.failures - 1, exc.retry_after)
@@ -640,7 +641,7 @@ class Scheduler:
             raise
         self._clear_vault_error(vault)
         tracked = self.tracker.observe(vault, job, detailed=True)
-        if job.is_final:
+        if job.is_final and tracked is not None:
             self._inventory_soon(vault, tracked)
         return job
 
@@ -681,11 +682,18 @@ class Scheduler:
         rejected = 0
         async for page in self.api.jobs_since(vault, since - overlap, now + overlap):
             rejected += self._rejected(vault, page.rejected)
+            # What the watcher follows is in memory; what it finished with, in the store (one query a page).
+            stored = self.tracker.stored_states(
+                vault, [j.job_id for j in page.jobs if self.tracker.followed(vault, j.job_id) is None]
+            )
             for job in page.jobs:
-                known = self.tracker.known(vault, job.job_id)
-                if known is None or known.state is JobState.NOT_FOUND:
+                followed = self.tracker.followed(vault, job.job_id)
+                if followed is None:
+                    if job.job_id.lower() not in stored:
+                        new_jobs[job.job_id.lower()] = job
+                elif followed.state is JobState.NOT_FOUND:
                     new_jobs[job.job_id.lower()] = job
-                elif known.state is JobState.ACTIVE and job.status != known.status and not job.is_final:
+                elif followed.status != job.status and not job.is_final:
                     # An end is left to the job's own poll, which reads its extendedInfo.
                     updates.append(job)
         self._clear_vault_error(vault)

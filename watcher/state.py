@@ -1,8 +1,14 @@
-"""What the watcher knows: tracked jobs, per-item outcomes and totals, kept in memory and in the store.
+"""What the watcher knows: the jobs it still follows, per-vault totals and per-item outcomes, the inventory.
 
-`Tracker.observe()` is the one place a parsed job becomes a recorded fact. It works out what changed,
-commits it to the store first, then updates memory (which the metrics read) and only then logs
-`job_status_changed`: a transition that was logged is always on disk.
+Memory holds what is in flight and what the metrics need, vault by vault (`VaultData`); the store holds
+everything. A job leaves memory once it is final and recorded: the store keeps it, and a later listing
+that returns it again finds it there, so it is never counted twice. `Tracker.observe_many()` is the one
+place a parsed job becomes a recorded fact. It works out what changed, commits it to the store first
+(writing a job's row only when something about it that is kept has changed), then updates memory (which
+the metrics read) and only then logs `job_status_changed`: a transition that was logged is on disk.
+
+Each vault's data carries a version per kind of fact (`jobs`, `items`, `inventory`, `polls`), raised on
+every change, so /metrics rebuilds only the parts that changed.
 """
 
 from __future__ import annotations
@@ -10,11 +16,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
-import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +47,9 @@ DURATION = "job_duration"
 # per-item gauges) but not counted as "seen finishing". The slack covers clock skew with Azure.
 COUNT_SLACK_SECONDS = 60.0
 
+# The kinds of fact a vault's data versions apart (what /metrics caches by).
+JOBS, ITEMS, INVENTORY, POLLS = "jobs", "items", "inventory", "polls"
+
 
 def _ts(moment: datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
@@ -61,7 +69,11 @@ class JobState(enum.StrEnum):
 
 @dataclass(slots=True)
 class TrackedJob:
-    """One job the watcher follows (or followed); `next_check` is on the scheduler's monotonic clock."""
+    """One job the watcher follows (or, read back from the store, followed).
+
+    `next_check` is on the scheduler's monotonic clock. `persisted` is what of it the store last got
+    (`_signature`): a poll that changes nothing kept writes nothing.
+    """
 
     vault: VaultRef
     job_id: str
@@ -82,7 +94,7 @@ class TrackedJob:
     start_time: float | None = None
     end_time: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
-    transitions: list[tuple[str | None, str, float]] = field(default_factory=list)
+    persisted: tuple[Any, ...] | None = None
 
     @property
     def running(self) -> bool:
@@ -116,88 +128,89 @@ class VaultState:
     watermark: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """An immutable view for the metrics collector: no I/O, no awaits while rendering."""
+@dataclass(slots=True)
+class VaultData:
+    """Everything the watcher keeps in memory about one vault, watched or once watched."""
 
-    vaults: tuple[VaultRef, ...]
-    running: tuple[tuple[VaultRef, str, str, str, str, float], ...]  # vault, job_id, op, type, entity, start
-    watched: tuple[tuple[VaultRef, str, int], ...]
-    items: tuple[ItemRow, ...]
-    counters: dict[str, dict[str, float]]
-    durations: dict[tuple[str, str, str], tuple[list[int], float, int]]
-    poll_errors: dict[tuple[str, str], float]
-    last_ok_poll: tuple[tuple[VaultRef, float], ...]
-    discovery_gaps: dict[str, float] = field(default_factory=dict)
-    inventory: tuple[InventoryRow, ...] = ()
+    ref: VaultRef
+    active: dict[str, TrackedJob] = field(default_factory=dict)  # lower-case job id -> job still polled
+    final_counts: dict[str, int] = field(default_factory=dict)  # status -> finished jobs in the store
+    finished: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (operation, job_type, status)
+    transitions: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (operation, from, to)
+    items: dict[tuple[str, str], ItemRow] = field(default_factory=dict)  # (entity, operation)
+    inventory: dict[str, InventoryRow] = field(default_factory=dict)  # lower-case item name -> item
+    inventory_hidden: bool = False
+    poll_errors: dict[str, float] = field(default_factory=dict)
+    discovery_gaps: float = 0.0
+    versions: dict[str, int] = field(default_factory=lambda: {JOBS: 0, ITEMS: 0, INVENTORY: 0, POLLS: 0})
+
+    def bump(self, *kinds: str) -> None:
+        for kind in kinds:
+            self.versions[kind] += 1
+
+    def watched_counts(self) -> dict[str, int]:
+        """Jobs tracked by status: those followed now and the finished ones the store keeps."""
+        counts = dict(self.final_counts)
+        for tj in self.active.values():
+            if tj.status != "Unknown":
+                counts[tj.status] = counts.get(tj.status, 0) + 1
+        return counts
 
 
 Listener = Callable[[TrackedJob, str | None, str], None]
 
 
 class Tracker:
-    """The watcher's knowledge of jobs; the single writer of the store."""
+    """The watcher's knowledge of jobs and items; the single writer of the store."""
 
     def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
         self.watch_start = store.created_at
         self.vaults: dict[str, VaultState] = {}
-        self.jobs: dict[tuple[str, str], TrackedJob] = {}
-        self.items: dict[tuple[str, str, str], ItemRow] = {}
-        self.counters: dict[str, dict[str, float]] = defaultdict(dict)
+        self.data: dict[str, VaultData] = {}
         self.durations: dict[tuple[str, str, str], tuple[list[int], float, int]] = {}
-        self.poll_errors: dict[tuple[str, str], float] = defaultdict(float)
-        self.discovery_gaps: dict[str, float] = defaultdict(float)
-        # The protected-item inventory: vault key -> item key (lower-case name) -> row.
-        self.inventory: dict[str, dict[str, InventoryRow]] = defaultdict(dict)
-        # Vaults whose inventory has been failing for a while: their items stay known but leave /metrics.
-        self._inventory_hidden: set[str] = set()
-        # The jobs still polled (active or not found), by vault key: what a vault's pass looks at.
-        self._polled: dict[str, dict[str, TrackedJob]] = defaultdict(dict)
+        self.durations_version = 0
         self.listeners: list[Listener] = []
-        self._version = 0
-        self._snapshot: tuple[int, Snapshot] | None = None
         self._restore()
 
     # -- restore ----------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        for row in self.store.jobs():
-            ref = VaultRef(row.subscription_id, row.resource_group, row.vault, VaultKind(row.vault_type))
-            tj = TrackedJob(
-                vault=ref,
-                job_id=row.job_id,
-                status=row.status,
-                state=JobState(row.state),
-                counted=bool(row.counted),
-                first_seen=row.first_seen,
-                updated_at=row.updated_at,
-                last_error=row.last_error,
-                operation=row.operation,
-                operation_detail=row.operation_detail,
-                job_type=row.job_type,
-                backup_management_type=row.backup_management_type,
-                entity=row.entity,
-                start_time=row.start_time,
-                end_time=row.end_time,
-                detail=json.loads(row.detail or "{}"),
-            )
-            self._put((row.vault_key, row.job_id.lower()), tj)
+        for row in self.store.jobs(states=(JobState.ACTIVE.value, JobState.NOT_FOUND.value)):
+            tj = job_from_row(row)
+            self.vault_data(tj.vault).active[row.job_id.lower()] = tj
+        for (
+            vault_key,
+            vault_type,
+            subscription_id,
+            resource_group,
+            name,
+            status,
+            n,
+        ) in self.store.final_counts():
+            ref = VaultRef(subscription_id, resource_group, name, VaultKind(vault_type))
+            self.vault_data(ref, key=vault_key).final_counts[status] = n
         for item in self.store.items():
-            self.items[(item.vault_key, item.entity, item.operation)] = item
+            ref = VaultRef(item.subscription_id, item.resource_group, item.vault, VaultKind(item.vault_type))
+            self.vault_data(ref, key=item.vault_key).items[(item.entity, item.operation)] = item
         for stored in self.store.inventory():
-            self.inventory[stored.vault_key][stored.item] = stored
-        for metric, labels, value in self.store.counters():
+            ref = VaultRef(
+                stored.subscription_id, stored.resource_group, stored.vault, VaultKind(stored.vault_type)
+            )
+            self.vault_data(ref, key=stored.vault_key).inventory[stored.item] = stored
+        for metric, labels_json, value in self.store.counters():
             if metric == DURATION:
-                key = tuple(json.loads(labels))
-                self._restore_duration(key, value)
-            else:
-                self.counters[metric][labels] = value
-        for vault_key, job_id, from_status, to_status, at in self.store.all_transitions():
-            restored = self.jobs.get((vault_key, job_id.lower()))
-            if restored is not None:
-                restored.transitions.append((from_status, to_status, at))
+                self._restore_duration(tuple(json.loads(labels_json)), value)
+                continue
+            labels = json.loads(labels_json)
+            data = self.vault_data(_ref_of(labels))
+            if metric == FINISHED:
+                key = (labels["operation"], labels["job_type"], labels["status"])
+                data.finished[key] = data.finished.get(key, 0.0) + value
+            elif metric == TRANSITIONS:
+                key = (labels["operation"], labels["from_status"], labels["to_status"])
+                data.transitions[key] = data.transitions.get(key, 0.0) + value
 
     def _restore_duration(self, key: tuple[Any, ...], value: float) -> None:
         # Stored as (operation, job_type, status, "count"|"sum"|bucket index).
@@ -213,140 +226,182 @@ class Tracker:
             buckets[int(part)] = int(value)
         self.durations[(op, job_type, status)] = (buckets, total, count)
 
+    def vault_data(self, ref: VaultRef, *, key: str | None = None) -> VaultData:
+        """The vault's data, created on first use."""
+        key = key or ref.key
+        data = self.data.get(key)
+        if data is None:
+            data = self.data[key] = VaultData(ref)
+        return data
+
     # -- vaults -----------------------------------------------------------------------------
 
     def set_vaults(self, vaults: Iterable[VaultState]) -> list[VaultRef]:
-        """Replace the watched vault set (start or reload); returns vaults that were removed."""
+        """Replace the watched vault set (start or reload); returns vaults that were removed.
+
+        Jobs and totals of removed vaults stay in memory and the store (a re-added vault resumes without
+        double counting); every view shows watched vaults only. A job named in the config is followed
+        unless the store already has it finished.
+        """
         new = {v.ref.key: v for v in vaults}
         removed = [state.ref for key, state in self.vaults.items() if key not in new]
+        watermarks = self.store.watermarks()
         for key, state in new.items():
             old = self.vaults.get(key)
             if old is not None:
                 state.unauthorized = old.unauthorized
                 state.last_ok_poll = old.last_ok_poll
-            state.watermark = self.store.watermark(key)
-        # Jobs and totals of removed vaults stay in memory (a re-added vault resumes without double
-        # counting); every view below shows configured vaults only.
+            state.watermark = watermarks.get(key)
+            data = self.vault_data(state.ref)
+            data.bump(JOBS, ITEMS, INVENTORY, POLLS)  # its labels may be spelt afresh
         self.vaults = new
         now = self.clock()
+        fresh: list[TrackedJob] = []
         for state in new.values():
+            data = self.vault_data(state.ref)
+            wanted = [j for j in state.configured_jobs if j.lower() not in data.active]
+            stored = {row.job_id.lower(): row for row in self.store.job_rows(state.ref.key, wanted)}
             for job_id in state.configured_jobs:
-                job_key = (state.ref.key, job_id.lower())
-                tj = self.jobs.get(job_key)
-                if tj is None:
-                    self._put(
-                        job_key,
-                        TrackedJob(
-                            vault=state.ref, job_id=job_id, status="Unknown", first_seen=now, configured=True
-                        ),
-                    )
-                else:
+                tj = data.active.get(job_id.lower())
+                if tj is not None:
                     tj.configured = True
-        self._changed()
+                    continue
+                row = stored.get(job_id.lower())
+                if row is not None and row.state == JobState.FINAL.value:
+                    continue  # finished already: nothing to follow
+                tj = job_from_row(row) if row is not None else None
+                if tj is None:
+                    tj = TrackedJob(vault=state.ref, job_id=job_id, status="Unknown", first_seen=now)
+                tj.configured = True
+                data.active[job_id.lower()] = tj
+                if _signature(tj) != tj.persisted:
+                    fresh.append(tj)
+        if fresh:  # named in the config and not seen yet: on record (and in /api/jobs) from now
+            self.store.write(
+                Batch(jobs=[_row(tj.vault, tj) for tj in fresh], transitions=[], items=[], counters=[])
+            )
+            for tj in fresh:
+                tj.persisted = _signature(tj)
         return removed
 
     def known(self, vault: VaultRef, job_id: str) -> TrackedJob | None:
-        return self.jobs.get((vault.key, job_id.lower()))
+        """The job as the watcher knows it: followed now, else as the store has it (a copy), else None."""
+        data = self.data.get(vault.key)
+        tj = data.active.get(job_id.lower()) if data is not None else None
+        if tj is not None:
+            return tj
+        rows = self.store.job_rows(vault.key, [job_id])
+        return job_from_row(rows[0]) if rows else None
+
+    def followed(self, vault: VaultRef, job_id: str) -> TrackedJob | None:
+        """The job if the watcher follows it now (in memory), else None; never reads the store."""
+        data = self.data.get(vault.key)
+        return data.active.get(job_id.lower()) if data is not None else None
+
+    def stored_states(self, vault: VaultRef, job_ids: list[str]) -> dict[str, JobState]:
+        """The state the store has for each of `job_ids` it knows (by lower-case id), in one query."""
+        return {row.job_id.lower(): JobState(row.state) for row in self.store.job_rows(vault.key, job_ids)}
 
     def polled_jobs(self, vault: VaultRef) -> list[TrackedJob]:
         """The vault's jobs the scheduler still asks Azure about (active or not found)."""
-        return list(self._polled.get(vault.key, {}).values())
+        data = self.data.get(vault.key)
+        return list(data.active.values()) if data is not None else []
 
-    def _put(self, key: tuple[str, str], tj: TrackedJob) -> None:
-        """Store `tj` in memory, keeping the per-vault index of polled jobs in step."""
-        self.jobs[key] = tj
-        vault_key, job_key = key
-        if tj.polls:
-            self._polled[vault_key][job_key] = tj
-        else:
-            polled = self._polled.get(vault_key)
-            if polled is not None:
-                polled.pop(job_key, None)
-                if not polled:
-                    del self._polled[vault_key]
+    @property
+    def jobs(self) -> dict[tuple[str, str], TrackedJob]:
+        """The jobs followed now, by (vault key, lower-case job id)."""
+        return {(key, job_key): tj for key, data in self.data.items() for job_key, tj in data.active.items()}
 
     # -- observations -----------------------------------------------------------------------
 
-    def observe(self, vault: VaultRef, job: Job, *, detailed: bool = True) -> TrackedJob:
-        """Record what a poll saw of one job; commit, then update memory, then log."""
+    def observe(self, vault: VaultRef, job: Job, *, detailed: bool = True) -> TrackedJob | None:
+        """Record what a poll saw of one job; the job as recorded (None: a final one it left alone)."""
         recorded = self.observe_many(vault, [job], detailed=detailed)
-        return recorded[0] if recorded else self.jobs[(vault.key, job.job_id.lower())]
+        return recorded[0] if recorded else self.known(vault, job.job_id)
 
     def observe_many(self, vault: VaultRef, jobs: list[Job], *, detailed: bool = True) -> list[TrackedJob]:
-        """Record several jobs of one vault in one transaction; the jobs recorded (a final one is kept)."""
+        """Record several jobs of one vault in one transaction; the jobs recorded.
+
+        A job the store already has finished is left alone (final is final, and it was counted once).
+        """
         now = self.clock()
+        data = self.vault_data(vault)
+        unknown = [job.job_id for job in jobs if job.job_id.lower() not in data.active]
+        stored = (
+            {row.job_id.lower(): row for row in self.store.job_rows(vault.key, unknown)} if unknown else {}
+        )
         batch = Batch(jobs=[], transitions=[], items=[], counters=[])
-        plans: list[tuple[TrackedJob, TrackedJob, str | None, bool, list[tuple[str, str, float]]]] = []
+        plans: list[_Plan] = []
         for job in jobs:
-            key = (vault.key, job.job_id.lower())
-            old = self.jobs.get(key)
-            if old is not None and old.state is JobState.FINAL and not job.is_final:
-                # Final is final: a listing that raced the GET which saw the end cannot undo it.
-                continue
+            key = job.job_id.lower()
+            old = data.active.get(key)
+            if old is None and key in stored:
+                if stored[key].state == JobState.FINAL.value:
+                    continue
+                old = job_from_row(stored[key])
+            if old is not None and old.state is JobState.FINAL:
+                continue  # final is final: a listing that raced the GET which saw the end cannot undo it
             tj = _updated(old, vault, job, now, detailed)
             prev_status = old.status if old is not None and old.status != "Unknown" else None
-            changed = prev_status != tj.status
-            counter_incs: list[tuple[str, str, float]] = []
+            plan = _Plan(tj, prev_status, changed=prev_status != tj.status)
             if job.is_final and not tj.counted and self.is_news(job):
                 tj.counted = True
-                counter_incs.extend(self._finish_counters(vault, tj, job))
-            if changed and prev_status is not None:
-                counter_incs.append(
-                    (
-                        TRANSITIONS,
-                        labels_key(
-                            _vault_labels(vault)
-                            | {"operation": tj.operation, "from_status": prev_status, "to_status": tj.status}
-                        ),
-                        1.0,
-                    )
-                )
-            if changed:
-                tj.transitions = [*tj.transitions, (prev_status, tj.status, now)]
-                batch.transitions.append(
-                    TransitionRow(
-                        vault.key,
-                        tj.job_id,
-                        vault.subscription_id,
-                        vault.resource_group,
-                        vault.name,
-                        tj.operation,
-                        tj.job_type,
-                        tj.entity,
-                        prev_status,
-                        tj.status,
-                        now,
-                        tj.start_time,
-                        tj.end_time,
-                        vault.kind.value,
-                    )
-                )
+                plan.counters.extend(self._finish_counters(vault, tj, job))
+            if plan.changed and prev_status is not None:
+                labels = _vault_labels(vault) | {
+                    "operation": tj.operation,
+                    "from_status": prev_status,
+                    "to_status": tj.status,
+                }
+                plan.counters.append((TRANSITIONS, labels_key(labels), 1.0))
+            if plan.changed:
+                batch.transitions.append(_transition(vault, tj, prev_status, now))
             if job.is_final:
-                item = self._item_update(vault, tj, job)
+                item = self._item_update(data, vault, tj, job)
                 if item is not None:
                     batch.items.append(item)
-            batch.jobs.append(_row(vault, tj))
-            batch.counters.extend(counter_incs)
-            plans.append((tj, old or tj, prev_status, changed, counter_incs))
-        self.store.write(batch)
+            signature = _signature(tj)
+            if signature != tj.persisted:
+                batch.jobs.append(_row(vault, tj))
+                tj.persisted = signature
+            batch.counters.extend(plan.counters)
+            plans.append(plan)
+        if batch.jobs or batch.transitions or batch.items or batch.counters:
+            self.store.write(batch)
         # Committed: now memory (and so the metrics), then the log.
         for item in batch.items:
-            self.items[(item.vault_key, item.entity, item.operation)] = item
-        out = []
-        for tj, _old, _prev, _changed, incs in plans:
-            self._put((vault.key, tj.job_id.lower()), tj)
-            for metric, labels, inc in incs:
-                if metric == DURATION:
-                    continue
-                self.counters[metric][labels] = self.counters[metric].get(labels, 0.0) + inc
-            if any(m == DURATION for m, _, _ in incs):
-                self._observe_duration(tj)
-            out.append(tj)
-        self._changed()
-        for tj, _old, prev_status, changed, _incs in plans:
-            if changed:
-                self._log_change(tj, prev_status)
-        return out
+            data.items[(item.entity, item.operation)] = item
+        if batch.items:
+            data.bump(ITEMS)
+        jobs_changed = bool(batch.jobs)
+        for plan in plans:
+            tj = plan.job
+            key = tj.job_id.lower()
+            if tj.state is JobState.FINAL:
+                # Final and recorded: it leaves memory; the store keeps it and counts it.
+                data.active.pop(key, None)
+                data.final_counts[tj.status] = data.final_counts.get(tj.status, 0) + 1
+            else:
+                data.active[key] = tj
+            for metric, labels_json, inc in plan.counters:
+                self._count(data, metric, labels_json, inc, tj)
+        if jobs_changed or any(plan.counters for plan in plans):
+            data.bump(JOBS)
+        for plan in plans:
+            if plan.changed:
+                self._log_change(plan.job, plan.prev_status)
+        return [plan.job for plan in plans]
+
+    def _count(self, data: VaultData, metric: str, labels_json: str, inc: float, tj: TrackedJob) -> None:
+        if metric == FINISHED:
+            key = (tj.operation, tj.job_type, tj.status)
+            data.finished[key] = data.finished.get(key, 0.0) + inc
+        elif metric == TRANSITIONS:
+            labels = json.loads(labels_json)
+            key = (labels["operation"], labels["from_status"], labels["to_status"])
+            data.transitions[key] = data.transitions.get(key, 0.0) + inc
+        elif metric == DURATION and labels_json.endswith('"count"]'):
+            self._observe_duration(tj)
 
     def is_news(self, job: Job) -> bool:
         """Whether a finished job ended while (or after) this store was watching, so it counts."""
@@ -382,13 +437,13 @@ class Tracker:
             buckets = buckets.copy()
             buckets[index] += 1
         self.durations[key] = (buckets, total + duration, count + 1)
+        self.durations_version += 1
 
-    def _item_update(self, vault: VaultRef, tj: TrackedJob, job: Job) -> ItemRow | None:
+    def _item_update(self, data: VaultData, vault: VaultRef, tj: TrackedJob, job: Job) -> ItemRow | None:
         end = _ts(job.end_time)
         if end is None or not tj.entity:
             return None
-        key = (vault.key, tj.entity, tj.operation)
-        current = self.items.get(key)
+        current = data.items.get((tj.entity, tj.operation))
         success = job.status in SUCCESS_STATUSES
         duration = job.final_duration()
         size = job.backup_size_bytes
@@ -424,58 +479,91 @@ class Tracker:
             touched = True
         return updated if touched else None
 
-    def prune(self, *, lookback: float, retention: float) -> int:
+    def prune(self, *, lookback: float, retention: float) -> tuple[int, bool]:
         """Forget finished jobs no listing can return again, and history older than `retention`.
 
         A job is forgotten once it is final and started before `lookback` plus a day: discovery only
         lists jobs started within the lookback, so it cannot come back and be counted twice. Jobs named
         in the config are kept (a reload would otherwise poll them afresh). Totals and per-item state
-        live in their own tables and are not touched.
+        live in their own tables and are not touched. An item whose entity had no job for the whole
+        retention period (decommissioned, renamed) leaves /metrics; its row stays in the store and comes
+        back with the item's next job. Forgets at most a few thousand rows a call, so no call holds the
+        event loop long; returns how many jobs it forgot and whether more are left.
         """
         now = self.clock()
-        cutoff = now - lookback - 86400.0
         keep = {
             (state.ref.key, job_id.lower())
             for state in self.vaults.values()
             for job_id in state.configured_jobs
         }
-        removed = self.store.prune(
-            finished_started_before=cutoff, transitions_before=now - retention, keep=keep
+        removed, more = self.store.prune(
+            finished_started_before=now - lookback - 86400.0, transitions_before=now - retention, keep=keep
         )
-        if removed:
-            self.jobs = {
-                key: tj
-                for key, tj in self.jobs.items()
-                if not (tj.state is JobState.FINAL and tj.start_time is not None and tj.start_time < cutoff)
-                or key in keep
-            }
-        # An item whose entity had no job for the whole retention period (decommissioned, renamed) leaves
-        # /metrics; its row stays in the store and comes back with the item's next job.
-        old_items = [key for key, item in self.items.items() if item.last_end < now - retention]
-        for key in old_items:
-            del self.items[key]
-        if removed or old_items:
-            self._changed()
-        return removed
+        for (vault_key, status), n in removed.items():
+            data = self.data.get(vault_key)
+            if data is not None and status in data.final_counts:
+                data.final_counts[status] = max(0, data.final_counts[status] - n)
+                data.bump(JOBS)
+        for data in self.data.values():
+            old = [key for key, item in data.items.items() if item.last_end < now - retention]
+            for key in old:
+                del data.items[key]
+            if old:
+                data.bump(ITEMS)
+        return sum(removed.values()), more
 
     def mark_error(self, vault: VaultRef, job_id: str, error: str, *, state: JobState | None = None) -> None:
         """A job could not be read: keep its last known status, note the error (and not_found)."""
-        key = (vault.key, job_id.lower())
-        tj = self.jobs.get(key)
+        data = self.vault_data(vault)
+        key = job_id.lower()
         now = self.clock()
+        tj = data.active.get(key)
         if tj is None:
             tj = TrackedJob(vault=vault, job_id=job_id, status="Unknown", first_seen=now)
         tj.last_error = error
         tj.updated_at = now
         if state is not None:
             tj.state = state
-        self.store.write(Batch(jobs=[_row(vault, tj)], transitions=[], items=[], counters=[]))
-        self._put(key, tj)
-        self._changed()
+        signature = _signature(tj)
+        if signature != tj.persisted:
+            self.store.write(Batch(jobs=[_row(vault, tj)], transitions=[], items=[], counters=[]))
+            tj.persisted = signature
+        data.active[key] = tj
+        data.bump(JOBS)
 
     def poll_error(self, vault: VaultRef, reason: str) -> None:
-        self.poll_errors[(vault.key, reason)] += 1
-        self._changed()
+        data = self.vault_data(vault)
+        data.poll_errors[reason] = data.poll_errors.get(reason, 0.0) + 1
+        data.bump(POLLS)
+
+    def vault_polled(self, vault: VaultRef, when: float) -> None:
+        state = self.vaults.get(vault.key)
+        if state is not None:
+            state.last_ok_poll = when
+            self.vault_data(vault).bump(POLLS)
+
+    def set_watermark(self, vault: VaultRef, watermark: float) -> None:
+        self.store.set_watermark(vault.key, watermark)
+        state = self.vaults.get(vault.key)
+        if state is not None:
+            state.watermark = watermark
+
+    def discovery_gap(self, vault: VaultRef, last_listed: float, reaches_back_to: float) -> None:
+        """The watcher was away longer than the lookback: jobs that started and ended meanwhile are lost."""
+        data = self.vault_data(vault)
+        data.discovery_gaps += 1
+        data.bump(POLLS)
+        log.warning(
+            "discovery_gap",
+            subscription_id=vault.subscription_id,
+            resource_group=vault.resource_group,
+            vault=vault.name,
+            last_listed=_iso(last_listed),
+            lookback_reaches=_iso(reaches_back_to),
+            gap_seconds=round(reaches_back_to - last_listed, 1),
+        )
+
+    # -- inventory --------------------------------------------------------------------------
 
     def record_inventory(self, vault: VaultRef, items: list[ProtectedItem]) -> tuple[int, int]:
         """One vault's inventory round: store what changed, then memory; (items new, items gone).
@@ -484,7 +572,8 @@ class Tracker:
         leaves it is forgotten (its series go with it).
         """
         now = self.clock()
-        current = self.inventory.get(vault.key, {})
+        data = self.vault_data(vault)
+        current = data.inventory
         rows: dict[str, InventoryRow] = {}
         changed: list[InventoryRow] = []
         for item in items:
@@ -497,22 +586,25 @@ class Tracker:
         if changed or gone:
             self.store.write_inventory(vault.key, changed, gone)
         # Committed: now memory (and so the metrics).
-        self.inventory[vault.key] = rows
-        if changed or gone or vault.key in self._inventory_hidden:
-            self._inventory_hidden.discard(vault.key)
-            self._changed()
-        return len([k for k in rows if k not in current]), len(gone)
+        new = len([key for key in rows if key not in current])
+        data.inventory = rows
+        if changed or gone or data.inventory_hidden:
+            data.inventory_hidden = False
+            data.bump(INVENTORY)
+        return new, len(gone)
 
     def hide_inventory(self, vault: VaultRef) -> None:
         """The vault's inventory is out of date: its items leave /metrics until a round works again."""
-        if vault.key not in self._inventory_hidden:
-            self._inventory_hidden.add(vault.key)
-            self._changed()
+        data = self.vault_data(vault)
+        if not data.inventory_hidden:
+            data.inventory_hidden = True
+            data.bump(INVENTORY)
 
     def item_of_job(self, vault: VaultRef, tj: TrackedJob) -> InventoryRow | None:
         """The inventory item a job is about: by its container (VMs) or backup instance where the job
         names one; by friendly name only when one item alone in the vault has it."""
-        items = self.inventory.get(vault.key, {})
+        data = self.data.get(vault.key)
+        items = data.inventory if data is not None else {}
         if tj.item:
             return items.get(tj.item.lower())
         if tj.container:
@@ -521,122 +613,133 @@ class Tracker:
         named = [row for row in items.values() if row.entity == tj.entity]
         return named[0] if len(named) == 1 else None
 
-    def discovery_gap(self, vault: VaultRef, last_listed: float, reaches_back_to: float) -> None:
-        """The watcher was away longer than the lookback: jobs that started and ended meanwhile are lost."""
-        gap = reaches_back_to - last_listed
-        self.discovery_gaps[vault.key] += 1
-        log.warning(
-            "discovery_gap",
-            subscription_id=vault.subscription_id,
-            resource_group=vault.resource_group,
-            vault=vault.name,
-            last_listed=_iso(last_listed),
-            lookback_reaches=_iso(reaches_back_to),
-            gap_seconds=round(gap, 1),
-        )
-        self._changed()
-
-    def vault_polled(self, vault: VaultRef, when: float) -> None:
-        state = self.vaults.get(vault.key)
-        if state is not None:
-            state.last_ok_poll = when
-            self._changed()
-
-    def set_watermark(self, vault: VaultRef, watermark: float) -> None:
-        self.store.set_watermark(vault.key, watermark)
-        state = self.vaults.get(vault.key)
-        if state is not None:
-            state.watermark = watermark
-
     # -- views ------------------------------------------------------------------------------
 
-    def _changed(self) -> None:
-        self._version += 1
+    def watched(self) -> Iterator[tuple[VaultState, VaultData]]:
+        """Each watched vault with its data, in key order (the order /metrics lists vaults in)."""
+        for key in sorted(self.vaults):
+            yield self.vaults[key], self.vault_data(self.vaults[key].ref)
 
-    def snapshot(self) -> Snapshot:
-        """The current state for the metrics; rebuilt only after a change."""
-        if self._snapshot is not None and self._snapshot[0] == self._version:
-            return self._snapshot[1]
-        watched: dict[tuple[str, str], int] = defaultdict(int)
-        running = []
-        for tj in self.jobs.values():
-            if tj.vault.key not in self.vaults:
-                continue
-            if tj.status != "Unknown":
-                watched[(tj.vault.key, tj.status)] += 1
-            if tj.running and tj.start_time is not None:
-                running.append((tj.vault, tj.job_id, tj.operation, tj.job_type, tj.entity, tj.start_time))
-        refs = {key: v.ref for key, v in self.vaults.items()}
-        snap = Snapshot(
-            vaults=tuple(refs.values()),
-            running=tuple(running),
-            watched=tuple((refs[k], status, n) for (k, status), n in watched.items()),
-            items=tuple(i for i in self.items.values() if i.vault_key in refs),
-            counters={
-                m: {labels: v for labels, v in series.items() if _vault_key_of(labels) in refs}
-                for m, series in self.counters.items()
-            },
-            durations=dict(self.durations),
-            poll_errors={k: v for k, v in self.poll_errors.items() if k[0] in refs},
-            last_ok_poll=tuple(
-                (v.ref, v.last_ok_poll) for v in self.vaults.values() if v.last_ok_poll is not None
-            ),
-            discovery_gaps={k: v for k, v in self.discovery_gaps.items() if k in refs},
-            inventory=tuple(
-                row
-                for key in refs
-                if key not in self._inventory_hidden
-                for row in self.inventory.get(key, {}).values()
-            ),
+    @property
+    def items(self) -> dict[tuple[str, str, str], ItemRow]:
+        """Per-item job outcomes of every vault, by (vault key, entity, operation)."""
+        return {
+            (key, *item_key): item for key, data in self.data.items() for item_key, item in data.items.items()
+        }
+
+    @property
+    def inventory(self) -> dict[str, dict[str, InventoryRow]]:
+        """The inventory of every vault, by vault key and lower-case item name."""
+        return {key: data.inventory for key, data in self.data.items() if data.inventory}
+
+    @property
+    def poll_errors(self) -> dict[tuple[str, str], float]:
+        """Failed polls by (vault key, reason)."""
+        return defaultdict(
+            float,
+            {(key, reason): n for key, data in self.data.items() for reason, n in data.poll_errors.items()},
         )
-        self._snapshot = (self._version, snap)
-        return snap
 
-    def api_jobs(self) -> list[dict[str, Any]]:
-        """Every tracked job of a watched vault, for /api/jobs."""
-        out = []
-        for tj in self.jobs.values():
-            state = self.vaults.get(tj.vault.key)
-            if state is None:
-                continue
-            out.append(
-                {
-                    "subscription_id": tj.vault.subscription_id,
-                    "resource_group": tj.vault.resource_group,
-                    "vault": tj.vault.name,
-                    "job_id": tj.job_id,
-                    "status": tj.status,
-                    "state": "unauthorized"
-                    if state.unauthorized and tj.state is JobState.ACTIVE
-                    else str(tj.state),
-                    "operation": tj.operation,
-                    "operation_detail": tj.operation_detail,
-                    "job_type": tj.job_type,
-                    "entity": tj.entity,
-                    "start_time": _iso(tj.start_time),
-                    "end_time": _iso(tj.end_time),
-                    "duration_seconds": tj.detail.get("duration"),
-                    "progress_percent": tj.detail.get("progress"),
-                    "current_task": tj.detail.get("current_task"),
-                    "tasks": tj.detail.get("tasks", []),
-                    "errors": tj.detail.get("errors", []),
-                    "backup_size_bytes": tj.detail.get("size_bytes"),
-                    "last_error": tj.last_error or state.unauthorized,
-                    "configured": tj.configured,
-                    "transitions": [
-                        {"from_status": f, "to_status": t, "observed_at": _iso(at)}
-                        for f, t, at in tj.transitions
-                    ],
-                }
-            )
-        out.sort(key=lambda j: (j["vault"], j["start_time"] or "", j["job_id"]))
+    @property
+    def discovery_gaps(self) -> dict[str, float]:
+        return defaultdict(
+            float, {key: data.discovery_gaps for key, data in self.data.items() if data.discovery_gaps}
+        )
+
+    @property
+    def counters(self) -> dict[str, dict[str, float]]:
+        """The finished and transition totals, by metric and label set (JSON), as the store keeps them."""
+        out: dict[str, dict[str, float]] = {FINISHED: {}, TRANSITIONS: {}}
+        for data in self.data.values():
+            base = _vault_labels(data.ref)
+            for (op, job_type, status), n in data.finished.items():
+                out[FINISHED][
+                    labels_key(base | {"operation": op, "job_type": job_type, "status": status})
+                ] = n
+            for (op, src, dst), n in data.transitions.items():
+                out[TRANSITIONS][
+                    labels_key(base | {"operation": op, "from_status": src, "to_status": dst})
+                ] = n
         return out
+
+    def api_job(self, tj: TrackedJob, state: VaultState | None) -> dict[str, Any]:
+        """One job as /api/jobs shows it (without its transitions)."""
+        unauthorized = state.unauthorized if state is not None else None
+        return {
+            "subscription_id": tj.vault.subscription_id,
+            "resource_group": tj.vault.resource_group,
+            "vault": tj.vault.name,
+            "vault_type": tj.vault.kind.value,
+            "job_id": tj.job_id,
+            "status": tj.status,
+            "state": "unauthorized" if unauthorized and tj.state is JobState.ACTIVE else str(tj.state),
+            "operation": tj.operation,
+            "operation_detail": tj.operation_detail,
+            "job_type": tj.job_type,
+            "entity": tj.entity,
+            "start_time": _iso(tj.start_time),
+            "end_time": _iso(tj.end_time),
+            "duration_seconds": tj.detail.get("duration"),
+            "progress_percent": tj.detail.get("progress"),
+            "current_task": tj.detail.get("current_task"),
+            "tasks": tj.detail.get("tasks", []),
+            "errors": tj.detail.get("errors", []),
+            "backup_size_bytes": tj.detail.get("size_bytes"),
+            "last_error": tj.last_error or unauthorized,
+            "configured": tj.configured,
+        }
+
+    def api_jobs(
+        self,
+        *,
+        subscription: str | None = None,
+        vault: str | None = None,
+        vault_type: str | None = None,
+        status: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the watched vaults' jobs from the store, newest start first, and the next page's cursor.
+
+        Filters match case-insensitively (Azure's names are). A job followed now shows its in-memory
+        state (progress and tasks the store is not rewritten for). ValueError for a bad cursor.
+        """
+        keys = {
+            key
+            for key, state in self.vaults.items()
+            if (subscription is None or state.ref.subscription_id.lower() == subscription.lower())
+            and (vault is None or state.ref.name.lower() == vault.lower())
+            and (vault_type is None or state.ref.kind.value == vault_type)
+        }
+        rows, next_cursor = self.store.jobs_page(
+            vault_keys=keys,
+            narrow=len(keys) < len(self.vaults),
+            status=status,
+            since=since,
+            limit=limit,
+            cursor=cursor,
+        )
+        transitions = self.store.transitions_of([(row.vault_key, row.job_id) for row in rows])
+        jobs: list[dict[str, Any]] = []
+        for row in rows:
+            data = self.data.get(row.vault_key)
+            live = data.active.get(row.job_id.lower()) if data is not None else None
+            tj = live or job_from_row(row)
+            record = self.api_job(tj, self.vaults.get(row.vault_key))
+            record["transitions"] = [
+                {"from_status": f, "to_status": t, "observed_at": _iso(at)}
+                for f, t, at in transitions.get((row.vault_key, row.job_id.lower()), [])
+            ]
+            jobs.append(record)
+        return jobs, next_cursor
 
     def _log_change(self, tj: TrackedJob, prev_status: str | None) -> None:
         event: dict[str, Any] = {
             "subscription_id": tj.vault.subscription_id,
             "resource_group": tj.vault.resource_group,
             "vault": tj.vault.name,
+            "vault_type": tj.vault.kind.value,
             "job_id": tj.job_id,
             "operation": tj.operation,
             "job_type": tj.job_type,
@@ -665,6 +768,16 @@ class Tracker:
                 log.exception("listener_failed", listener=getattr(listener, "__name__", repr(listener)))
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What observing one job changes: the job as it now is, its previous status, counter increments."""
+
+    job: TrackedJob
+    prev_status: str | None
+    changed: bool
+    counters: list[tuple[str, str, float]] = field(default_factory=list)
+
+
 def _vault_labels(vault: VaultRef) -> dict[str, str]:
     return {
         "subscription_id": vault.subscription_id,
@@ -674,16 +787,51 @@ def _vault_labels(vault: VaultRef) -> dict[str, str]:
     }
 
 
-@functools.lru_cache(maxsize=65536)
-def _vault_key_of(labels_json: str) -> str:
-    labels = json.loads(labels_json)
-    ref = VaultRef(
+def _ref_of(labels: dict[str, str]) -> VaultRef:
+    return VaultRef(
         str(labels.get("subscription_id")),
         str(labels.get("resource_group")),
         str(labels.get("vault")),
         VaultKind(labels.get("vault_type", VaultKind.RECOVERY_SERVICES.value)),
     )
-    return ref.key
+
+
+def _signature(tj: TrackedJob) -> tuple[Any, ...]:
+    """What of a job the store keeps that matters: not its growing duration or progress while it runs."""
+    return (
+        tj.status,
+        tj.state,
+        tj.counted,
+        tj.configured,
+        tj.last_error,
+        tj.operation,
+        tj.operation_detail,
+        tj.job_type,
+        tj.entity,
+        tj.start_time,
+        tj.end_time,
+        json.dumps(tj.detail.get("errors"), sort_keys=True),
+        tj.detail.get("size_bytes"),
+    )
+
+
+def _transition(vault: VaultRef, tj: TrackedJob, prev_status: str | None, now: float) -> TransitionRow:
+    return TransitionRow(
+        vault.key,
+        tj.job_id,
+        vault.subscription_id,
+        vault.resource_group,
+        vault.name,
+        tj.operation,
+        tj.job_type,
+        tj.entity,
+        prev_status,
+        tj.status,
+        now,
+        tj.start_time,
+        tj.end_time,
+        vault.kind.value,
+    )
 
 
 def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, detailed: bool) -> TrackedJob:
@@ -721,8 +869,33 @@ def _updated(old: TrackedJob | None, vault: VaultRef, job: Job, now: float, deta
         start_time=_ts(job.start_time),
         end_time=_ts(job.end_time),
         detail=detail,
-        transitions=list(old.transitions) if old is not None else [],
+        persisted=old.persisted if old is not None else None,
     )
+
+
+def job_from_row(row: JobRow) -> TrackedJob:
+    """A job as the store recorded it."""
+    tj = TrackedJob(
+        vault=VaultRef(row.subscription_id, row.resource_group, row.vault, VaultKind(row.vault_type)),
+        job_id=row.job_id,
+        status=row.status,
+        state=JobState(row.state),
+        counted=bool(row.counted),
+        first_seen=row.first_seen,
+        updated_at=row.updated_at,
+        last_error=row.last_error,
+        operation=row.operation,
+        operation_detail=row.operation_detail,
+        job_type=row.job_type,
+        backup_management_type=row.backup_management_type,
+        entity=row.entity,
+        start_time=row.start_time,
+        end_time=row.end_time,
+        detail=json.loads(row.detail or "{}"),
+    )
+    tj.configured = bool(tj.detail.pop("configured", False))
+    tj.persisted = _signature(tj)
+    return tj
 
 
 def _inventory_row(item: ProtectedItem, first_seen: float) -> InventoryRow:
@@ -752,6 +925,7 @@ def _inventory_row(item: ProtectedItem, first_seen: float) -> InventoryRow:
 
 
 def _row(vault: VaultRef, tj: TrackedJob) -> JobRow:
+    detail = tj.detail | {"configured": True} if tj.configured else tj.detail
     return JobRow(
         vault_key=vault.key,
         job_id=tj.job_id,
@@ -768,7 +942,7 @@ def _row(vault: VaultRef, tj: TrackedJob) -> JobRow:
         end_time=tj.end_time,
         duration=tj.detail.get("duration"),
         size_bytes=tj.detail.get("size_bytes"),
-        detail=json.dumps(tj.detail, separators=(",", ":")),
+        detail=json.dumps(detail, separators=(",", ":")),
         state=str(tj.state),
         counted=int(tj.counted),
         last_error=tj.last_error,

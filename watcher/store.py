@@ -8,6 +8,8 @@ file beside it); readers such as `backup-watcher history` open it read-only and 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
 import json
@@ -142,6 +144,11 @@ MIGRATIONS: dict[int, list[str]] = {
             first_seen REAL NOT NULL,
             PRIMARY KEY (vault_key, item)
         ) WITHOUT ROWID""",
+        # /api/jobs pages by start time; pruning finds old transitions without a scan.
+        "CREATE INDEX jobs_by_start ON jobs (coalesce(start_time, -1), vault_key, job_id)",
+        # Job ids are looked up as Azure spells them in any case.
+        "CREATE INDEX jobs_by_id ON jobs (lower(job_id))",
+        "CREATE INDEX transitions_by_time ON transitions (observed_at)",
     ],
 }
 
@@ -437,6 +444,120 @@ class Store:
             args = tuple(wanted)
         return [JobRow(*row) for row in self.conn.execute(sql, args)]
 
+    def job_rows(self, vault_key: str, job_ids: list[str]) -> list[JobRow]:
+        """The stored rows of these jobs of one vault (ids compare without regard to case)."""
+        out: list[JobRow] = []
+        cols = ", ".join(JOB_COLUMNS)
+        for start in range(0, len(job_ids), 500):
+            chunk = [j.lower() for j in job_ids[start : start + 500]]
+            if not chunk:
+                continue
+            marks = ", ".join("?" for _ in chunk)
+            # The key is (vault_key, job_id) as first written; ids come back in their own case.
+            sql = f"SELECT {cols} FROM jobs WHERE vault_key = ? AND lower(job_id) IN ({marks})"  # noqa: S608 - fixed names
+            out.extend(JobRow(*row) for row in self.conn.execute(sql, (vault_key, *chunk)))
+        return out
+
+    def jobs_with_id(self, job_id: str) -> list[JobRow]:
+        """Every stored job with this id (in any vault; ids compare without regard to case)."""
+        cols = ", ".join(JOB_COLUMNS)
+        sql = f"SELECT {cols} FROM jobs WHERE lower(job_id) = ?"  # noqa: S608 - fixed names
+        return [JobRow(*row) for row in self.conn.execute(sql, (job_id.lower(),))]
+
+    def final_counts(self) -> list[tuple[str, str, str, str, str, str, int]]:
+        """Finished jobs kept, by vault and status: (key, kind, subscription, group, name, status, count)."""
+        rows = self.conn.execute(
+            "SELECT vault_key, vault_type, subscription_id, resource_group, vault, status, count(*) "
+            "FROM jobs WHERE state = 'final' GROUP BY vault_key, status"
+        )
+        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def jobs_page(
+        self,
+        *,
+        vault_keys: set[str],
+        narrow: bool,
+        status: str | None,
+        since: float | None,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[JobRow], str | None]:
+        """A page of jobs of `vault_keys`, newest start first, filtered; and the cursor of the next page.
+
+        `narrow` asks the database for those vaults only (a few vaults of many); otherwise rows of other
+        vaults (no longer watched) are read and skipped. The cursor is the last row's (start time, vault
+        key, job id), so pages do not shift while jobs are added; jobs without a start time come last.
+        ValueError for a cursor this store did not give.
+        """
+        clauses: list[str] = []
+        args: list[Any] = []
+        if narrow:
+            if not vault_keys:
+                return [], None
+            clauses.append(f"vault_key IN ({', '.join('?' for _ in vault_keys)})")
+            args.extend(sorted(vault_keys))
+        if status is not None:
+            clauses.append("lower(status) = lower(?)")
+            args.append(status)
+        if since is not None:
+            clauses.append("coalesce(start_time, -1) >= ?")
+            args.append(since)
+        after = _decode_cursor(cursor) if cursor is not None else None
+        cols = ", ".join(JOB_COLUMNS)
+        page: list[JobRow] = []
+        batch = max(limit * 2, 50)
+        while len(page) <= limit:
+            where = list(clauses)
+            params = list(args)
+            if after is not None:
+                # The first term alone lets SQLite seek in the index; the row value orders ties.
+                where.append("coalesce(start_time, -1) <= ?")
+                where.append("(coalesce(start_time, -1), vault_key, job_id) < (?, ?, ?)")
+                params.extend((after[0], *after))
+            sql = (
+                f"SELECT {cols} FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "  # noqa: S608 - fixed names and ? only
+                "ORDER BY coalesce(start_time, -1) DESC, vault_key DESC, job_id DESC LIMIT ?"
+            )
+            rows = [JobRow(*row) for row in self.conn.execute(sql, (*params, batch))]
+            # Rows of vaults no longer watched are skipped; reading goes on after the last one read.
+            page.extend(row for row in rows if row.vault_key in vault_keys)
+            if len(rows) < batch:
+                break
+            last = rows[-1]
+            after = (last.start_time if last.start_time is not None else -1.0, last.vault_key, last.job_id)
+        more = len(page) > limit
+        page = page[:limit]
+        if not more:
+            return page, None
+        tail = page[-1]
+        start = tail.start_time if tail.start_time is not None else -1.0
+        return page, _encode_cursor(start, tail.vault_key, tail.job_id)
+
+    def transitions_of(
+        self, jobs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[tuple[str | None, str, float]]]:
+        """The transitions of these (vault key, job id) pairs, oldest first, by (vault key, lower-case id)."""
+        out: dict[tuple[str, str], list[tuple[str | None, str, float]]] = {}
+        wanted = {(v, j.lower()) for v, j in jobs}
+        ids = sorted({j for _v, j in jobs})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self.conn.execute(
+                "SELECT vault_key, job_id, from_status, to_status, observed_at FROM transitions "  # noqa: S608 - ? only
+                f"WHERE job_id IN ({marks}) ORDER BY id",
+                chunk,
+            )
+            for vault_key, job_id, src, dst, at in rows:
+                key = (vault_key, job_id.lower())
+                if key in wanted:
+                    out.setdefault(key, []).append((src, dst, at))
+        return out
+
+    def watermarks(self) -> dict[str, float]:
+        """Every vault's discovery watermark, by vault key."""
+        return {r[0]: float(r[1]) for r in self.conn.execute("SELECT vault_key, watermark FROM discovery")}
+
     def items(self) -> list[ItemRow]:
         cols = ", ".join(ITEM_COLUMNS)
         return [ItemRow(*row) for row in self.conn.execute(f"SELECT {cols} FROM items")]  # noqa: S608 - fixed names
@@ -559,21 +680,37 @@ class Store:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
 
     def prune(
-        self, *, finished_started_before: float, transitions_before: float, keep: set[tuple[str, str]]
-    ) -> int:
-        """Forget finished jobs that started before a cutoff (except `keep`) and old transitions."""
+        self,
+        *,
+        finished_started_before: float,
+        transitions_before: float,
+        keep: set[tuple[str, str]],
+        limit: int = 5000,
+    ) -> tuple[dict[tuple[str, str], int], bool]:
+        """Forget at most `limit` finished jobs that started before a cutoff (except `keep`), and as many
+        old transitions; the jobs forgotten by (vault key, status), and whether more are left."""
         try:
             with self._tx():
                 rows = self.conn.execute(
-                    "SELECT vault_key, job_id FROM jobs WHERE state = 'final' AND start_time < ?",
-                    (finished_started_before,),
+                    "SELECT vault_key, job_id, status FROM jobs "
+                    "WHERE state = 'final' AND start_time < ? LIMIT ?",
+                    (finished_started_before, limit),
                 ).fetchall()
-                doomed = [(r[0], r[1]) for r in rows if (r[0], r[1].lower()) not in keep]
-                self.conn.executemany("DELETE FROM jobs WHERE vault_key = ? AND job_id = ?", doomed)
-                self.conn.execute("DELETE FROM transitions WHERE observed_at < ?", (transitions_before,))
+                doomed = [(r[0], r[1], r[2]) for r in rows if (r[0], r[1].lower()) not in keep]
+                self.conn.executemany(
+                    "DELETE FROM jobs WHERE vault_key = ? AND job_id = ?", [(v, j) for v, j, _ in doomed]
+                )
+                old = self.conn.execute(
+                    "DELETE FROM transitions WHERE id IN "
+                    "(SELECT id FROM transitions WHERE observed_at < ? LIMIT ?)",
+                    (transitions_before, limit),
+                ).rowcount
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
-        return len(doomed)
+        removed: dict[tuple[str, str], int] = {}
+        for vault_key, _job, status in doomed:
+            removed[(vault_key, status)] = removed.get((vault_key, status), 0) + 1
+        return removed, len(rows) >= limit or old >= limit
 
     def replace_discovered_vaults(
         self, subscription_id: str, vault_type: str, vaults: list[VaultRow]
@@ -604,6 +741,19 @@ class Store:
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write state store {self.path}: {exc}") from exc
+
+
+def _encode_cursor(start: float, vault_key: str, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([start, vault_key, job_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str, str]:
+    """A cursor from `jobs_page`; ValueError for anything else."""
+    try:
+        start, key, job = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(start), str(key), str(job)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValueError(f"not a cursor this watcher gave: {cursor[:40]!r}") from exc
 
 
 def labels_key(labels: dict[str, str]) -> str:
