@@ -71,7 +71,7 @@ def make_config(
     endpoint: str,
     vaults: list[dict[str, Any]],
     store: Path,
-    **sections: dict[str, Any],
+    **sections: Any,
 ) -> Config:
     """A validated config pointing at the simulator, with fast test-friendly intervals."""
     data: dict[str, Any] = {
@@ -93,7 +93,7 @@ def make_config(
         "vaults": vaults,
     }
     for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value}
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return validate_config(data, "test")
 
 

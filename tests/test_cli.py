@@ -463,6 +463,9 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     await poll_until(printed, 60, "a status change to a final status printed", interval=0.25)
     first_change = time.monotonic() - began
     assert (await http_get(url[0].replace("/metrics", "/healthz")))[0] == 200
+    page_status, page_text = await http_get(url[0].removesuffix("metrics"))
+    assert page_status == 200
+    assert "<title>backup-watcher" in page_text
 
     status, took = await daemon.stop(signal.SIGTERM)
     with capsys.disabled():
@@ -477,5 +480,8 @@ async def test_demo_serves_metrics_and_jobs_finish_within_a_minute(
     assert (status, daemon.stderr()) == (0, "")
     assert took < 5
     lines = daemon.stdout().splitlines()
-    assert lines[0].startswith("backup-watcher demo: simulated Azure at http://127.0.0.1:")
+    # The status page's address comes first.
+    page = re.fullmatch(r"backup-watcher demo: the status page is at (http://127\.0\.0\.1:\d+/)", lines[0])
+    assert page is not None, lines[0]
+    assert page.group(1) == url[0].removesuffix("metrics")
     assert any(re.search(rf"\bInProgress -> {FINAL}\b", line) for line in lines)

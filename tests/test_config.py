@@ -317,6 +317,7 @@ def test_effective_config_spells_every_duration_with_a_unit() -> None:
         "discovery.lookback": "1d",
         "discovery.overlap": "1h",
         "store.retention": "30d",
+        "http.ui_stale_after": "26h",
     }
 
 

@@ -29,6 +29,7 @@ from watcher.metrics import Metrics
 from watcher.scheduler import Scheduler
 from watcher.state import Tracker
 from watcher.store import Store
+from watcher.ui import StatusPage
 from watcher.web import create_app
 
 log = get_logger("backup_watcher")
@@ -115,6 +116,15 @@ def build_azure(
     return AzureSide(session, tokens, client, BackupApi.for_config(client, config))
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    """The last SIGHUP reload: when, whether it applied, and why not."""
+
+    at: float
+    ok: bool
+    errors: tuple[str, ...] = ()
+
+
 @dataclass
 class Watcher:
     """The daemon: start() it, stop() it; reload() swaps the config all-or-nothing."""
@@ -128,6 +138,8 @@ class Watcher:
     grace: float = 5.0
 
     def __post_init__(self) -> None:
+        self.started_at = self.clock()
+        self.last_reload: ReloadOutcome | None = None
         self.metrics = Metrics(self.registry, __version__)
         self.stop_event = asyncio.Event()
         self.store: Store | None = None
@@ -189,6 +201,7 @@ class Watcher:
             jobs=self.tracker.api_jobs,
             stale=self.stale_vaults,
             clock=self.clock,
+            page=StatusPage(self),
         )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -273,6 +286,7 @@ class Watcher:
                 await site[0].stop()
             self.metrics.config_reload_ok.set(0)
             lines = exc.lines() if isinstance(exc, ConfigError) else [str(exc)]
+            self.last_reload = ReloadOutcome(self.clock(), ok=False, errors=tuple(lines))
             log.error("config_reload_failed", config=source, errors=lines)
             return False
         assert self.tracker is not None
@@ -299,6 +313,7 @@ class Watcher:
         removed = self.scheduler.reconfigure(new, azure.client if azure else None)
         self.metrics.forget_subscriptions(v.ref.subscription_id for v in self.tracker.vaults.values())
         self.metrics.config_reload_ok.set(1)
+        self.last_reload = ReloadOutcome(self.clock(), ok=True)
         log.info(
             "config_reloaded",
             config=source,

@@ -300,9 +300,14 @@ class StoreConfig(_Strict):
 
 
 class HttpConfig(_Strict):
-    """Where /metrics and friends are served."""
+    """Where /metrics and friends are served, and the status page."""
 
     listen: str = "0.0.0.0:9464"
+    # The status page at / (and /jobs/{id}); false leaves / a plain list of the endpoints.
+    ui: StrictBool = True
+    # The status page calls a protected item stale when its newest recovery point is older than this
+    # (the shipped alert rules' default threshold; per-item thresholds live in the rules).
+    ui_stale_after: Duration = 26 * 3600.0
 
     @field_validator("listen", mode="before")
     @classmethod

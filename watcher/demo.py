@@ -131,11 +131,13 @@ def run_demo(*, listen: str, log_format: str | None, shard: tuple[int, int] | No
                 watcher.tracker.listeners.append(printer)
                 host = watcher.listen_host
                 shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - display only
+                base = f"http://{shown}:{watcher.port}"
                 print(
-                    f"backup-watcher demo: simulated Azure at {sim.url}, "
-                    f"{len(config.subscriptions)} subscriptions (their vaults are found by listing them)\n"
-                    f"  metrics:  http://{shown}:{watcher.port}/metrics\n"
-                    f"  jobs:     http://{shown}:{watcher.port}/api/jobs\n"
+                    f"backup-watcher demo: the status page is at {base}/\n"
+                    f"  metrics:  {base}/metrics\n"
+                    f"  jobs:     {base}/api/jobs\n"
+                    f"  azure:    simulated at {sim.url}, {len(config.subscriptions)} subscriptions "
+                    "(their vaults are found by listing them)\n"
                     f"  store:    {config.store.path}\n"
                     "Job status changes appear below as they happen (Ctrl-C to stop).",
                     file=out,

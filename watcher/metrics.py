@@ -171,6 +171,15 @@ class Metrics:
                 if labels[0].lower() not in wanted:
                     metric.remove(*labels)
 
+    def throttled_by_subscription(self) -> dict[str, float]:
+        """429 answers so far, by subscription (those that had any)."""
+        return {
+            sample.labels["subscription_id"]: sample.value
+            for family in self.api_throttled.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.value
+        }
+
     def watch(self, tracker: Tracker) -> None:
         """Expose the tracker's jobs, items and vaults from now on."""
         if self.exposition is not None:

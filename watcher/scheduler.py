@@ -185,6 +185,10 @@ class Scheduler:
             if s.inventory_failing_since is not None and now - s.inventory_failing_since > limit
         ]
 
+    def schedule_of(self, vault_key: str) -> VaultSchedule | None:
+        """How polling a watched vault goes (None: not watched, or not scheduled yet)."""
+        return self._schedules.get(vault_key)
+
     def stale_vaults(self) -> list[VaultSchedule]:
         """Vaults without a good pass for STALE_INTERVALS intervals (since they were first watched)."""
         now = self.monotonic()

@@ -148,6 +148,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX jobs_by_start ON jobs (coalesce(start_time, -1), vault_key, job_id)",
         # Job ids are looked up as Azure spells them in any case.
         "CREATE INDEX jobs_by_id ON jobs (lower(job_id))",
+        # The status page's recent failures and warnings.
+        "CREATE INDEX jobs_by_outcome ON jobs (status, end_time)",
         "CREATE INDEX transitions_by_time ON transitions (observed_at)",
     ],
 }
@@ -532,6 +534,38 @@ class Store:
         tail = page[-1]
         start = tail.start_time if tail.start_time is not None else -1.0
         return page, _encode_cursor(start, tail.vault_key, tail.job_id)
+
+    def outcome_counts(self, statuses: tuple[str, ...], since: float) -> dict[tuple[str, str], int]:
+        """Jobs that ended with one of `statuses` at or after `since`, by (vault key, status)."""
+        marks = ", ".join("?" for _ in statuses)
+        rows = self.conn.execute(
+            f"SELECT vault_key, status, count(*) FROM jobs WHERE status IN ({marks}) AND end_time >= ? "  # noqa: S608 - ? only
+            "GROUP BY vault_key, status",
+            (*statuses, since),
+        )
+        return {(vault_key, status): n for vault_key, status, n in rows}
+
+    def recent_outcomes(
+        self, statuses: tuple[str, ...], since: float, *, vault_keys: set[str], narrow: bool, limit: int
+    ) -> list[JobRow]:
+        """The newest jobs of `vault_keys` that ended with one of `statuses` at or after `since`."""
+        if narrow and not vault_keys:
+            return []
+        cols = ", ".join(JOB_COLUMNS)
+        clauses = [f"status IN ({', '.join('?' for _ in statuses)})", "end_time >= ?"]
+        args: list[Any] = [*statuses, since]
+        if narrow:
+            clauses.append(f"vault_key IN ({', '.join('?' for _ in vault_keys)})")
+            args.extend(sorted(vault_keys))
+        sql = f"SELECT {cols} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY end_time DESC"  # noqa: S608 - ? only
+        out: list[JobRow] = []
+        for row in self.conn.execute(sql, args):
+            job = JobRow(*row)
+            if job.vault_key in vault_keys:
+                out.append(job)
+                if len(out) >= limit:
+                    break
+        return out
 
     def transitions_of(
         self, jobs: list[tuple[str, str]]

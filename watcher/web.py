@@ -1,4 +1,4 @@
-"""The HTTP side: /metrics, /healthz, /readyz and /api/jobs."""
+"""The HTTP side: /metrics, /healthz, /readyz, /api/jobs, and the status page's routes."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ class JobPages(Protocol):
         limit: int = ...,
         cursor: str | None = ...,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+class Page(Protocol):
+    """The status page's handlers (watcher.ui.StatusPage)."""
+
+    def enabled(self) -> bool: ...
+    async def index(self, request: web.Request) -> web.StreamResponse: ...
+    async def job(self, request: web.Request) -> web.StreamResponse: ...
+    async def stylesheet(self, request: web.Request) -> web.StreamResponse: ...
 
 
 class BadQuery(ValueError):
@@ -130,6 +139,7 @@ def create_app(
     jobs: JobPages,
     stale: Callable[[], list[str]] = list,
     clock: Callable[[], float] = time.time,
+    page: Page | None = None,
 ) -> web.Application:
     """An aiohttp application serving the watcher's endpoints."""
 
@@ -177,14 +187,31 @@ def create_app(
             }
         )
 
-    async def index(_request: web.Request) -> web.Response:
+    async def endpoints(_request: web.Request) -> web.Response:
         return web.Response(
             text="backup-watcher\n/metrics  Prometheus metrics\n/healthz  liveness\n"
             "/readyz   readiness\n/api/jobs tracked jobs as JSON\n"
         )
 
+    async def index(request: web.Request) -> web.StreamResponse:
+        if page is None or not page.enabled():
+            return await endpoints(request)
+        return await page.index(request)
+
+    async def job(request: web.Request) -> web.StreamResponse:
+        if page is None or not page.enabled():
+            raise web.HTTPNotFound(text="the status page is off (http.ui: false)\n")
+        return await page.job(request)
+
+    async def stylesheet(request: web.Request) -> web.StreamResponse:
+        if page is None or not page.enabled():
+            raise web.HTTPNotFound()
+        return await page.stylesheet(request)
+
     app = web.Application()
     app.router.add_get("/", index)
+    app.router.add_get("/jobs/{job_id}", job)
+    app.router.add_get("/static/watcher.css", stylesheet)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -8,7 +8,7 @@
 #   3. run the image's ENTRYPOINT with `demo --listen 0.0.0.0:9464` the way a runtime would: its
 #      own network namespace, as the image's USER, in its WORKDIR, with its ENV, on a read-only
 #      root filesystem with a tmpfs /tmp and a host directory as the state volume;
-#   4. check /healthz, /readyz, /metrics and /api/jobs, the image's own HEALTHCHECK, the UID and
+#   4. check /healthz, /readyz, /metrics, /api/jobs and the status page, the image's own HEALTHCHECK, the UID and
 #      capabilities of the process, that the root filesystem refuses writes, that the store was
 #      written to the volume, and a clean exit on the image's STOPSIGNAL.
 #
@@ -305,6 +305,9 @@ probe /healthz "" 60 || { show_log; fail "/healthz did not answer 200"; }
 probe /metrics azure_backup_watcher_build_info 30 || { show_log; fail "/metrics"; }
 probe /readyz "" 120 || { show_log; fail "/readyz did not become ready"; }
 probe /api/jobs "" 10 || { show_log; fail "/api/jobs"; }
+# The status page's templates and stylesheet are in the installed package.
+probe / "Running jobs" 10 || { show_log; fail "the status page"; }
+probe /static/watcher.css "prefers-color-scheme" 10 || { show_log; fail "the status page's stylesheet"; }
 
 status=$(cat "/proc/$pid/status")
 grep -qE "^Uid:\s+$uid\s+$uid\s+$uid\s+$uid$" <<<"$status" \

@@ -252,6 +252,11 @@ class TokenProvider:
     def expires_on(self) -> float:
         return self._expires_on
 
+    @property
+    def problem(self) -> str | None:
+        """Why the last call to the credential failed, while it has not worked since; else None."""
+        return self._failure if self._failures else None
+
     async def token(self, *, force_refresh: bool = False, stale: str | None = None) -> str:
         """A valid token: the current one, or a new one when it is due; AuthError when none can be had.
 

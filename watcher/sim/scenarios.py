@@ -12,6 +12,11 @@ never backed up and items whose protection was stopped.
 
 The benchmark (`bench_estate`) spreads vaults over four subscriptions; every job has started before
 `now` and ends at a uniformly random moment within `spread` seconds after it, mostly Completed.
+
+The scale benchmark (`scale_estate`, described by a `ScaleSpec`) is an enterprise estate in steady
+state: vaults of both kinds over several subscriptions, protected items that keep backing up, and jobs
+that start all day long (each a backup of one of its vault's items), from `history` seconds before
+`now` until `horizon` seconds after it; at any moment about `jobs_per_day * job_seconds / 86400` run.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from watcher.sim.estate import (
@@ -108,6 +114,8 @@ def demo_estate(now: float | None = None) -> Estate:
     d.add(prod, _VM, "Backup", "vm-web-02", -300, 330.9, warned, size_mb=11402, **vm("vm-web-02"))
     provisioning = {"error_code": 400160, "error_title": "UserErrorVmProvisioningStateFailed"}
     d.add(prod, _VM, "Backup", "vm-app-01", -200, 236.2, "Failed", **provisioning, **vm("vm-app-01"))
+    # Ended before the demo starts, within its lookback: the status page has failures from the first look.
+    d.add(prod, _VM, "Backup", "vm-batch-01", -2 * 3600 - 1500, 1312.4, "Failed", **vm("vm-batch-01"))
     d.add(prod, _VM, "Backup", "vm-batch-01", -60, 73.5, "Cancelled", **vm("vm-batch-01"))
     d.add(prod, _VM, "Restore", "vm-app-01", -120, 420.0, **vm("vm-app-01"))
     vm_outcomes = ("Completed", "Completed", warned, "Completed", "Failed")
@@ -119,6 +127,7 @@ def demo_estate(now: float | None = None) -> Estate:
     d.add(sql, _SQL, "Backup (Full)", sales, -_DAY, 193.6439467, "Failed", **timespan)
     d.add(sql, _SQL, "Backup (Full)", sales, -_DAY + 3600, 412.77, size_mb=20, **timespan)
     d.add(sql, _SQL, "Backup (Full)", sales, -380, 405.25, size_mb=1847, **timespan)
+    d.add(sql, _SQL, "Backup (Full)", "HRDb [sql-vm-01]", -3 * 3600, 244.0, "Failed", **timespan)
     d.add(sql, _SQL, "Backup (Full)", "HRDb [sql-vm-01]", -50, 500.0, size_mb=912, **timespan)
     log_outcomes = ("Completed", "Completed", "Completed", "Completed", "Failed")
     d.every(60, log_outcomes, sql, _SQL, "Backup (Log)", sales, -170, 22.5, size_mb=3, **timespan)
@@ -430,3 +439,178 @@ def _bench_items(estate: Estate, per_vault: int, now: float) -> None:
                     first_protected=now - 30 * _DAY,
                 )
             )
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleSpec:
+    """The size and pace of `scale_estate`; the same spec and `now` always make the same estate.
+
+    Vault `v` is a Backup vault when `v % backup_vault_every == backup_vault_every - 1` (0: none).
+    Each vault's jobs start at random moments, `jobs_per_day / vaults` a day, over the window from
+    `now - history` to `now + horizon`; a job lasts `job_seconds` on average (between a fifth of that
+    and 1.8 times it) and is a backup of one of its vault's `items_per_vault` items, which gain a
+    recovery point every `86400 * items_per_vault * vaults / jobs_per_day` seconds.
+    """
+
+    now: float
+    vaults: int = 1000
+    subscriptions: int = 10
+    backup_vault_every: int = 5
+    items_per_vault: int = 20
+    jobs_per_day: float = 100_000.0
+    job_seconds: float = 1728.0
+    history: float = 2 * 86400.0
+    horizon: float = 3600.0
+
+    @property
+    def subscription_ids(self) -> list[str]:
+        """The estate's subscriptions, as GUIDs."""
+        rng = random.Random(20261301)  # noqa: S311 - reproducible scenario data, not a secret
+        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(self.subscriptions)]
+
+    def vault(self, v: int) -> tuple[str, str, str, str]:
+        """Vault number `v` as (kind, subscription, resource group, name)."""
+        every = self.backup_vault_every
+        backup = every > 0 and v % every == every - 1
+        subscription = self.subscription_ids[v % self.subscriptions]
+        group = f"rg-backup-{v % 25:02d}"
+        if backup:
+            return BACKUP_VAULT, subscription, group, f"bvault-{v:04d}"
+        return RECOVERY_SERVICES, subscription, group, f"vault-{v:04d}"
+
+    @property
+    def item_every(self) -> float:
+        """Seconds between two backups (recovery points) of one item, on average."""
+        return 86400.0 * self.items_per_vault * self.vaults / max(self.jobs_per_day, 1e-9)
+
+
+def scale_items(spec: ScaleSpec, v: int) -> list[SimItem]:
+    """Vault `v`'s protected items: VMs, SQL databases and shares, or disks and PostgreSQL databases.
+
+    Nearly all back up on schedule; one in twenty is three days stale, one in thirty never backed up,
+    one in fifty stopped.
+    """
+    kind, subscription, group, name = spec.vault(v)
+    rng = random.Random(f"items/{v}")  # noqa: S311 - reproducible scenario data, not a secret
+    kinds = ("vm", "vm", "sql", "fileshare") if kind == RECOVERY_SERVICES else ("disk", "disk", "postgresql")
+    items = []
+    for i in range(spec.items_per_vault):
+        item_kind = kinds[i % len(kinds)]
+        roll = rng.random()
+        every = spec.item_every
+        last = spec.now - rng.uniform(0.0, every)
+        stale = roll < 0.05
+        never = 0.05 <= roll < 0.0833
+        stopped = 0.0833 <= roll < 0.1033
+        items.append(
+            SimItem(
+                subscription,
+                group,
+                name,
+                kind=item_kind,
+                name=f"{item_kind}-{v:04d}-{i:02d}",
+                parent="" if item_kind in ("vm", "disk") else f"{item_kind}-host-{v:04d}-{i // 10}",
+                recovery_points=() if never else ((last - 3 * _DAY,) if stale else (last - every, last)),
+                every=0.0 if stale or never or stopped else every,
+                protection_state="ProtectionStopped" if stopped else "",
+                first_protected=spec.now - 30 * _DAY,
+                source_resource_group=group,
+            )
+        )
+    return items
+
+
+def scale_jobs(spec: ScaleSpec, v: int, items: list[SimItem] | None = None) -> Iterator[SimJob]:
+    """Vault `v`'s jobs in order of start, each a backup of one of its items (`scale_items`)."""
+    kind, subscription, group, name = spec.vault(v)
+    items = scale_items(spec, v) if items is None else items
+    rng = random.Random(f"jobs/{v}")  # noqa: S311 - reproducible scenario data, not a secret
+    start_of_window = spec.now - spec.history
+    span = spec.history + spec.horizon
+    count = round(spec.jobs_per_day / spec.vaults * span / 86400.0)
+    starts = sorted(start_of_window + rng.random() * span for _ in range(count))
+    for n, start in enumerate(starts):
+        item = items[rng.randrange(len(items))] if items else None
+        duration = spec.job_seconds * rng.uniform(0.2, 1.8)
+        roll = rng.random()
+        job_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        size = rng.randint(100, 50_000)
+        if kind == BACKUP_VAULT:
+            outcome = "Completed" if roll < 0.9 else "Failed" if roll < 0.98 else "Cancelled"
+            item_kind = item.kind if item is not None else "disk"
+            item_name = item.name if item is not None else f"disk-{v:04d}-{n}"
+            parent = item.parent if item is not None else ""
+            yield SimJob(
+                subscription,
+                group,
+                name,
+                job_id=job_id,
+                job_type=DATASOURCE_TYPES[item_kind],
+                operation="Backup",
+                entity=f"{parent}\\{item_name}" if item_kind == "postgresql" else item_name,
+                backup_management_type="",
+                start=start,
+                duration=duration,
+                outcome=outcome,
+                size_mb=size,
+                vault_kind=BACKUP_VAULT,
+                backup_instance=item.arm_name if item is not None else "",
+                policy_name="bench-daily",
+                datasource_name=item_name,
+                datasource_set=parent,
+                source_resource_group=group,
+            )
+            continue
+        outcome = (
+            "Completed"
+            if roll < 0.85
+            else "CompletedWithWarnings"
+            if roll < 0.92
+            else "Failed"
+            if roll < 0.98
+            else "Cancelled"
+        )
+        item_kind = item.kind if item is not None else "vm"
+        entity = item.name if item is not None else f"vm-{v:04d}-{n}"
+        if item_kind == "vm":
+            job_type, management, operation = "AzureIaaSVMJob", "AzureIaasVM", "Backup"
+            container = f"iaasvmcontainerv2;{group};{entity}"
+        elif item_kind == "sql":
+            job_type, management = "AzureWorkloadJob", "AzureWorkload"
+            operation = "Backup (Log)" if roll < 0.6 else "Backup (Full)"
+            container = ""
+        else:
+            job_type, management, operation = "AzureStorageJob", "AzureStorage", "Backup"
+            container = f"StorageContainer;Storage;{group};{item.parent if item is not None else ''}"
+        yield SimJob(
+            subscription,
+            group,
+            name,
+            job_id=job_id,
+            job_type=job_type,
+            operation=operation,
+            entity=entity,
+            backup_management_type=management,
+            start=start,
+            duration=duration,
+            outcome=outcome,
+            size_mb=size,
+            timespan_duration=job_type == "AzureWorkloadJob",
+            container_name=container,
+        )
+
+
+def scale_estate(spec: ScaleSpec, *, clock: Callable[[], float] = time.time) -> Estate:
+    """The estate `spec` describes, on `clock` (its jobs are laid out around `spec.now`)."""
+    estate = Estate(clock)
+    for subscription in spec.subscription_ids:
+        estate.add_subscription(subscription)
+    for v in range(spec.vaults):
+        kind, subscription, group, name = spec.vault(v)
+        estate.add_vault(subscription, group, name, kind=kind)
+        items = scale_items(spec, v)
+        for item in items:
+            estate.add_item(item)
+        for job in scale_jobs(spec, v, items):
+            estate.add(job)
+    return estate
