@@ -6,6 +6,13 @@ shortened, and a copy of deploy/prometheus/prometheus.yml with short intervals; 
 deploy/alertmanager/alertmanager.yml with its webhooks pointed at a receiver in this test and short
 grouping waits. Everything listens on 127.0.0.1.
 
+While the watcher runs, the same Prometheus answers every query of the Grafana dashboard
+(deploy/grafana/), filled in as Grafana fills it in with every template variable set to All (`.*`)
+and the time range since Prometheus started; every variable's label_values() query too
+(tests/test_dashboard_queries.py says how). The estate has both vault kinds, running, finished and
+failed jobs, inventory items of every kind the dashboard counts, and one throttled request, so every
+panel has data but those NO_DATA_HERE lists with the reason.
+
 Prometheus and Alertmanager come from the Debian packages `prometheus` and `prometheus-alertmanager`.
 Without them the test skips, saying so; with the environment variable CI set it fails instead.
 """
@@ -35,7 +42,18 @@ import yaml
 from aiohttp import web
 
 from tests.conftest import SUB, TOKEN_ENV, cli, free_port
-from watcher.sim import Estate, RecurringJob, SimItem, SimJob, start_simulator
+from tests.test_dashboard_queries import (
+    TimeRange,
+    all_values,
+    data_problems,
+    load_dashboard,
+    panel_queries,
+    run_panel_query,
+    variable_queries,
+    variable_values,
+)
+from watcher.sim import BACKUP_VAULT, Estate, RecurringJob, SimItem, SimJob, start_simulator
+from watcher.sim.estate import DATASOURCE_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -54,6 +72,15 @@ ITEM_STALE = "vm-inv-stale"  # last recovery point 3 days old
 ITEM_NEVER = "vm-inv-never"  # protected, never backed up
 ITEM_STOPPED = "vm-inv-stopped"  # protection stopped 9 days ago: no alert on its age
 ITEM_HEALTHY = "vm-inv-healthy"  # a recovery point every 10 seconds
+ITEM_SHARE = "share-inv-fresh"  # an Azure Files share, a recovery point every 10 seconds, no health reported
+VM_RUNNING = "vm-e2e-running"  # its backup runs for the whole test
+# A Backup vault (Microsoft.DataProtection) with disk backups, as jobs and as backup instances.
+DISK_VAULT = "bvault-e2e"
+DISK_FRESH = "disk-e2e-fresh"  # backed up every 10 seconds
+DISK_RUNNING = "disk-e2e-running"  # its backup runs for the whole test
+DISK_ERROR = "disk-e2e-error"  # recovery points every 10 seconds, but its protection reports an error
+# Its job listing answers 429 once: the throttling panel has something to show.
+THROTTLED_PATH = f"/backupvaults/{DISK_VAULT}/backupjobs"
 
 # Rewritten for speed; the real values are 26h, 26h and 2m.
 MAX_AGE_SECONDS = 60
@@ -61,6 +88,12 @@ FIRST_BACKUP_WAIT_SECONDS = 5
 DOWN_FOR = "5s"
 WAIT = 90.0  # seconds, the most any one step may take
 JOB = "backup-watcher"  # the scrape job name AzureBackupWatcherDown looks for
+SCRAPE_SECONDS = 1  # Prometheus's scrape interval here, which is Grafana's $__rate_interval's base
+DASHBOARD_WAIT = 30.0  # seconds the dashboard's panels may take to all have data
+
+# Dashboard queries, by (panel id, refId), that return nothing in this estate: the panel's title, and
+# why. Every other query must return data, and a query listed here that returns some must leave.
+NO_DATA_HERE: dict[tuple[int, str], tuple[str, str]] = {}
 
 
 # -- tools ----------------------------------------------------------------------------------------
@@ -184,12 +217,13 @@ def test_rewritten_rules_differ_from_the_shipped_ones_only_where_shortened() -> 
 def prometheus_config(watcher: str, alertmanager: str) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml scraping and evaluating every second, on loopback targets."""
     config = _load(PROMETHEUS_CONFIG)
-    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    every = f"{SCRAPE_SECONDS}s"
+    config["global"] = {"scrape_interval": every, "scrape_timeout": every, "evaluation_interval": every}
     assert config["rule_files"] == ["alerts.yml"]
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": [alertmanager]}]}]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert JOB in jobs, f"prometheus.yml has no scrape job {JOB!r}: update this test"
-    jobs[JOB]["scrape_interval"] = "1s"
+    jobs[JOB]["scrape_interval"] = every
     jobs[JOB]["static_configs"] = [{"targets": [watcher]}]
     return config
 
@@ -234,6 +268,7 @@ def watcher_config(endpoint: str, listen: str, store: Path) -> dict[str, Any]:
         "vaults": [
             {"subscription_id": SUB, "resource_group": RG, "name": VAULT},
             {"subscription_id": SUB, "resource_group": RG, "name": INVENTORY_VAULT},
+            {"subscription_id": SUB, "resource_group": RG, "name": DISK_VAULT, "type": "backup_vault"},
         ],
     }
 
@@ -247,7 +282,10 @@ def _write_yaml(path: Path, data: Any) -> Path:
 
 
 def scenario(now: float) -> Estate:
-    """One backup fails a few seconds after it starts, one item's backups stopped, one item stays fresh."""
+    """One backup fails a few seconds after it starts, one item's backups stopped, one item stays fresh;
+    an inventory of stale, never backed up, stopped and healthy VMs and a share that reports no health;
+    a Backup vault with a fresh disk and a disk whose protection reports an error; and in each vault
+    kind a backup that runs throughout."""
     estate = Estate()  # wall-clock time, like Azure
 
     def vm_backup(
@@ -272,6 +310,7 @@ def scenario(now: float) -> Estate:
     estate.add(vm_backup(FAILING, now, 4.0, "Failed", error_code=400136))
     estate.add(vm_backup(STALE, now - 3600 - 600, 600.0, size_mb=2048))
     estate.add_recurring(RecurringJob(vm_backup(FRESH, now - 30, 2.0, size_mb=512), every=10.0))
+    estate.add(vm_backup(VM_RUNNING, now - 600, 7200.0))
 
     day = 86400.0
 
@@ -285,6 +324,48 @@ def scenario(now: float) -> Estate:
         item(ITEM_STOPPED, protection_state="ProtectionStopped", recovery_points=(now - 9 * day,))
     )
     estate.add_item(item(ITEM_HEALTHY, recovery_points=(now - 5,), every=10.0))
+    estate.add_item(
+        SimItem(
+            SUB,
+            RG,
+            INVENTORY_VAULT,
+            "fileshare",
+            ITEM_SHARE,
+            parent="ste2e",
+            recovery_points=(now - 5,),
+            every=10.0,
+            first_protected=now - 30 * day,
+        )
+    )
+
+    def disk_backup(entity: str, start: float, duration: float, **extra: Any) -> SimJob:
+        return SimJob(
+            subscription_id=SUB,
+            resource_group=RG,
+            vault=DISK_VAULT,
+            job_id=str(uuid.uuid4()),
+            job_type=DATASOURCE_TYPES["disk"],
+            operation="Backup",
+            entity=entity,
+            backup_management_type="",
+            start=start,
+            duration=duration,
+            vault_kind=BACKUP_VAULT,
+            policy_name="disk-daily",
+            datasource_name=entity,
+            **extra,
+        )
+
+    def disk(name: str, **extra: Any) -> SimItem:
+        return SimItem(
+            SUB, RG, DISK_VAULT, "disk", name, policy="disk-daily", first_protected=now - 30 * day, **extra
+        )
+
+    estate.add_vault(SUB, RG, DISK_VAULT, kind=BACKUP_VAULT)
+    estate.add_recurring(RecurringJob(disk_backup(DISK_FRESH, now - 30, 2.0, size_mb=1024), every=10.0))
+    estate.add(disk_backup(DISK_RUNNING, now - 600, 7200.0))
+    estate.add_item(disk(DISK_FRESH, recovery_points=(now - 5,), every=10.0))
+    estate.add_item(disk(DISK_ERROR, recovery_points=(now - 5,), every=10.0, health="ActionRequired"))
     return estate
 
 
@@ -439,6 +520,45 @@ def timed(record_property: Callable[[str, object], None]) -> Iterator[dict[str, 
         print(f"e2e alerting path: {shown}")
 
 
+# -- the dashboard against this Prometheus --------------------------------------------------------
+
+
+async def check_dashboard(
+    http: aiohttp.ClientSession, prometheus: str, since: float, servers: list[Server]
+) -> float:
+    """Every panel query is accepted and returns data, but those NO_DATA_HERE lists, which return none;
+    every variable offers this estate's values. Returns the seconds it took."""
+    started = time.monotonic()
+    dashboard = load_dashboard()
+    queries = panel_queries(dashboard)
+    # Data comes with the watcher's rounds and Prometheus's scrapes: wait for what should come.
+    while True:
+        window = TimeRange(since, time.time(), scrape_interval=SCRAPE_SECONDS)
+        values = all_values(dashboard, window)
+        answers = [await run_panel_query(http, prometheus, query, values, window) for query in queries]
+        problems = data_problems(answers, NO_DATA_HERE)
+        if not problems or time.monotonic() - started > DASHBOARD_WAIT:
+            break
+        await asyncio.sleep(1)
+    assert not problems, (
+        f"the dashboard against this estate, after {time.monotonic() - started:.0f}s:\n"
+        + "\n".join(problems)
+        + "\n"
+        + "\n".join(s.tail(10) for s in servers)
+    )
+    offered = {
+        variable.name: set(await variable_values(http, prometheus, variable, values, window))
+        for variable in variable_queries(dashboard)
+    }
+    assert offered == {
+        "subscription": {SUB},
+        "vault_type": {"recovery_services", "backup_vault"},
+        "vault": {VAULT, INVENTORY_VAULT, DISK_VAULT},
+        "operation": {"Backup"},
+    }
+    return time.monotonic() - started
+
+
 # -- the test -------------------------------------------------------------------------------------
 
 
@@ -517,13 +637,13 @@ def _assert_route_and_text(note: Notification, alertname: str, entity: str, vaul
 # The timing goes to report.user_properties whatever the JUnit flavour; only xunit1 writes it into
 # the XML, and pytest's warning about that must not fail the test under `filterwarnings = error`.
 @pytest.mark.filterwarnings("ignore:record_property is incompatible with junit_family:pytest.PytestWarning")
-async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
+async def test_alerts_reach_the_receiver_dashboard_panels_have_data_and_watcher_down_fires_after_sigterm(
     tmp_path: Path,
     binaries: Binaries,
     cli_env: dict[str, str],
     record_property: Callable[[str, object], None],
 ) -> None:
-    """A failed job, a stale item by its job history, and from a new watcher's first inventory round a stale and a never-backed-up item (not the stopped or healthy ones) reach the receiver; stopping the watcher fires WatcherDown."""
+    """A failed job, a stale item by its job history, and from a new watcher's first inventory round a stale and a never-backed-up item (not the stopped or healthy ones) reach the receiver; every dashboard query that should have data has data; stopping the watcher fires WatcherDown."""
     fast = fast_rules()
     rules = _rules_by_name(fast)
     with timed(record_property) as figures:
@@ -532,6 +652,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
             receiver = await stack.enter_async_context(webhook_receiver())
             sim = await start_simulator(scenario(time.time()))
             stack.push_async_callback(sim.close)
+            sim.inject(429, path_contains=THROTTLED_PATH)
 
             watcher_at = f"127.0.0.1:{free_port()}"
             config = _write_yaml(
@@ -568,6 +689,7 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
             prom_dir.mkdir()
             _write_yaml(prom_dir / "alerts.yml", fast)
             prom_config = _write_yaml(prom_dir / "prometheus.yml", prometheus_config(watcher_at, am_at))
+            prom_started = time.time()
             prometheus = await stack.enter_async_context(
                 running(
                     "prometheus",
@@ -649,6 +771,8 @@ async def test_alerts_reach_the_receiver_and_watcher_down_fires_after_sigterm(
             # The rule's `absent()` branch (no instance label) may fire while a fresh Prometheus has not
             # scraped yet; only a failed scrape of the running watcher would be wrong here.
             assert not receiver.watcher_down(watcher_at)
+
+            figures["dashboard"] = await check_dashboard(http, f"http://{prom_at}", prom_started, servers)
 
             stopped_at = time.time()
             assert await _stop(watcher) == 0, "a SIGTERM shutdown exits 0\n" + watcher.tail()
