@@ -187,7 +187,7 @@ async def _wait_all_final(
     while True:
         if proc.poll() is not None:
             raise AssertionError(f"watcher exited by itself with {proc.returncode}:\n{_tail(log)}")
-        async with http.get(f"http://127.0.0.1:{port}/api/jobs") as resp:
+        async with http.get(f"http://127.0.0.1:{port}/api/jobs?limit=1000") as resp:
             seen = {j["job_id"].lower(): j["status"] for j in (await resp.json())["jobs"]}
         missing = {job_id: seen.get(job_id) for job_id, status in want.items() if seen.get(job_id) != status}
         if not missing:

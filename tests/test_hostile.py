@@ -347,7 +347,7 @@ async def take_sample(http: aiohttp.ClientSession, base: str, pid: int) -> Sampl
                 into[labels.get("reason", "")] = value
             if vault == VAULT_BAD and "entity" in labels:
                 sample.bad_entity_series.append((name, labels["entity"]))
-    status, text = await _get(http, f"{base}/api/jobs")
+    status, text = await _get(http, f"{base}/api/jobs?limit=1000")
     if status == 200:
         with contextlib.suppress(ValueError, KeyError, TypeError):
             sample.jobs = list(json.loads(text)["jobs"])
