@@ -690,6 +690,31 @@ async def test_scheduling_ignores_a_wall_clock_step(
         await wait_for(lambda: scheduler.passes >= before + 5)
 
 
+async def test_a_job_backing_off_is_polled_again_after_a_wall_clock_step_back(
+    tmp_path: Path, sim: Simulator, estate: Estate, clock: FakeClock
+) -> None:
+    """A job waits out its backoff after a 503 when the watcher's wall clock steps a day back: its next
+    poll still comes after the backoff (the monotonic clock decides), not a day later."""
+    job = _job(estate, 1, "vault-a", start=clock() - 10, duration=36000)
+    config = make_config(
+        sim.url,
+        [_vault("vault-a", jobs=[job.job_id])],
+        tmp_path / "s.sqlite3",
+        poll={"interval": 0.1, "backoff_initial": 1.0, "backoff_max": 2.0},
+    )
+    vault = VaultRef(SUB, RG, "vault-a")
+    wall = FakeClock()  # the watcher's wall clock; the simulator keeps its own
+    async with running_watcher(config, clock=wall) as watcher:
+        tracker = watcher.tracker
+        assert tracker is not None
+        await wait_for(lambda: any(r.status == 200 for r in sim.requests))
+        sim.inject(503, path_contains=job.job_id, times=4)
+        await wait_for(lambda: tracker.poll_errors[(vault.key, "server_error")] >= 1)
+        wall.advance(-86400)  # an NTP step while the job waits out its backoff
+        asked = len(sim.requests)
+        await wait_for(lambda: any(r.status == 200 for r in sim.requests[asked:]), limit=20)
+
+
 # -- discovery windows ---------------------------------------------------------------------------
 
 
