@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +51,7 @@ def _job(vault: VaultRef, job_id: str, status: str, start: float | None, end: fl
 def tracker(tmp_path: Path) -> Iterator[Tracker]:
     """250 jobs over three watched vaults (some sharing a start time, one never started) and a vault no
     longer watched."""
-    clock = FakeClock()
+    clock = FakeClock(float(int(time.time())))  # whole seconds: "since=10h" meets the 10 h old jobs exactly
     tracker = Tracker(Store.open(tmp_path / "s.sqlite3"), clock=clock)
     now = clock()
     tracker.set_vaults([VaultState(ref=ref, discover=True) for ref in (*VAULTS, GONE)])

@@ -26,14 +26,13 @@ from watcher.sim import (
     SimItem,
     SimJob,
     Simulator,
-    bench_estate,
     demo_estate,
     demo_subscriptions,
     demo_vaults,
     start_simulator,
 )
 from watcher.sim.bodies import job_body, operation_body
-from watcher.sim.filters import FilterError, parse_filter, parse_time
+from watcher.sim.filters import FilterError, parse_time
 from watcher.sim.formats import format_bag_time, format_duration, format_time
 from watcher.sim.inventory import protected_item_body
 from watcher.sim.scenarios import DEMO_DR_SUBSCRIPTION, DEMO_SUBSCRIPTION
@@ -1521,64 +1520,6 @@ def test_demo_estate_has_a_backup_vault_and_items_in_every_vault() -> None:
     later = web.last_point(T0 + 10 * DAY)
     assert later is not None
     assert later > T0 + 9 * DAY
-
-
-def test_bench_estate_builds_both_vault_kinds_with_items_quickly() -> None:
-    """1,000 vaults of both kinds with 50 jobs and 20 items each build in a few seconds of CPU."""
-    clock = Clock()
-    started = time.process_time()
-    estate = bench_estate(1000, 50, now=T0, clock=clock, backup_vaults=300, items_per_vault=20)
-    assert time.process_time() - started < 4.0
-    assert (len(estate.vaults()), len(estate.vaults(BACKUP_VAULT))) == (700, 300)
-    backup_vault = estate.vaults(BACKUP_VAULT)[0]
-    jobs = estate.jobs_in(*backup_vault, kind=BACKUP_VAULT)
-    assert len(jobs) == 50
-    assert {j.job_type for j in jobs} == {
-        "Microsoft.Compute/disks",
-        "Microsoft.DBforPostgreSQL/servers/databases",
-    }
-    items = [
-        item
-        for v in estate.all_vaults()
-        for item in estate.items_in(v.subscription_id, v.resource_group, v.name, kind=v.kind)
-    ]
-    assert len(items) == 20_000
-    assert {item.kind for item in items} == {"vm", "sql", "fileshare", "disk", "postgresql"}
-    lasts = [item.last_point(T0) for item in items]
-    assert any(last is None for last in lasts)
-    assert any(last is not None and T0 - last > 3 * DAY for last in lasts)
-    assert any(item.protection_state == "ProtectionStopped" for item in items)
-    with pytest.raises(ValueError, match="backup_vaults"):
-        bench_estate(2, 1, backup_vaults=3)
-
-
-def test_bench_estate_is_quick_to_build_and_to_list_by_status() -> None:
-    """10,000 jobs build in well under two seconds; status listings stay cheap as jobs end."""
-    clock = Clock()
-    started = time.process_time()  # CPU time: a busy test machine does not inflate it
-    estate = bench_estate(200, 50, now=T0, spread=600, clock=clock)
-    assert time.process_time() - started < 2.0
-    vaults = estate.vaults()
-    assert len(vaults) == 200
-    assert len({s for s, _, _ in vaults}) > 1
-    in_progress = parse_filter("status eq 'InProgress'")
-    cancelling = parse_filter("status eq 'Cancelling'")
-    total = sum(len(estate.query(*v, q, limit=1000)[0]) for v in vaults for q in (in_progress, cancelling))
-    assert total == 10_000
-
-    clock.now = T0 + 300
-    started = time.process_time()
-    running = sum(len(estate.query(*v, in_progress, limit=1000)[0]) for v in vaults)
-    assert time.process_time() - started < 1.0
-    assert 3_000 < running < 7_000
-    clock.now = T0 + 601
-    assert sum(len(estate.query(*v, in_progress, limit=1000)[0]) for v in vaults) == 0
-    finished = [
-        estate.query(*v, parse_filter(f"status eq '{s}'"), limit=1000)[0]
-        for v in vaults
-        for s in ("Completed", "CompletedWithWarnings", "Failed", "Cancelled")
-    ]
-    assert sum(len(jobs) for jobs in finished) == 10_000
 
 
 def test_bodies_read_with_the_official_sdk() -> None:

@@ -2,15 +2,18 @@
 
 What the daemon observes about its own requests to Azure uses ordinary prometheus_client counters and
 histograms. Job, item and vault state lives in the tracker, vault by vault, and is exposed by
-`TrackerExposition`: each family's samples for one vault are rendered once into a chunk of bytes and
-reused while that vault's version of the facts behind it stays the same, so a scrape of a large estate
-joins cached chunks instead of formatting hundreds of thousands of samples. Chunks are also kept
-deflated, and a gzip scrape (what Prometheus asks for) is assembled from them as one gzip member.
+`TrackerExposition`: each family's samples for one vault are rendered once into a chunk and reused while
+that vault's version of the facts behind it stays the same, so a scrape of a large estate joins cached
+chunks instead of formatting hundreds of thousands of samples. A chunk is kept deflated only (at a
+thousand vaults the text is some 90 MB, deflated a tenth of that): a gzip scrape (what Prometheus asks
+for) is assembled from the deflated chunks as one gzip member, and a plain scrape inflates them as it
+goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import time
 import zlib
@@ -81,9 +84,13 @@ DEFLATE_LEVEL = 6
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    """A /metrics response body as pieces to write in order, and its length."""
+    """A /metrics response body as pieces to write in order (read once), and its length.
 
-    parts: list[bytes]
+    A plain body inflates its cached chunks only as they are read, so the whole text (some 90 MB at a
+    thousand vaults) never sits in memory at once.
+    """
+
+    parts: Iterable[bytes]
     length: int
     gzip: bool
 
@@ -218,45 +225,31 @@ def _label_sets(metric: Any) -> Iterator[tuple[str, ...]]:
 
 # -- crc32 of a concatenation (zlib's crc32_combine, which Python's zlib does not expose) ------------
 
-_CRC_POLY = 0xEDB88320
+_ZEROS = memoryview(bytes(1 << 16))
 
 
-def _multmodp(a: int, b: int) -> int:
-    """a * b modulo the CRC-32 polynomial (bit-reflected); `a` is never 0 here."""
-    m = 1 << 31
-    p = 0
-    while True:
-        if a & m:
-            p ^= b
-            if (a & (m - 1)) == 0:
-                return p
-        m >>= 1
-        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+def _crc_of_zeros(crc: int, count: int) -> int:
+    """zlib.crc32 continued from `crc` over `count` zero bytes."""
+    while count > 0:
+        step = min(count, len(_ZEROS))
+        crc = zlib.crc32(_ZEROS[:step], crc)
+        count -= step
+    return crc
 
 
-def _x2n_table() -> list[int]:
-    p = 1 << 30  # x^1
-    table = [p]
-    for _ in range(1, 32):
-        p = _multmodp(p, p)
-        table.append(p)
-    return table
-
-
-_X2N = _x2n_table()
+@functools.lru_cache(maxsize=4096)
+def _zeros_alone(count: int) -> int:
+    return _crc_of_zeros(0, count)
 
 
 def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
-    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B)."""
-    op = 1 << 31  # x^0
-    k = 3  # x^(8 * len2): bytes to bits
-    n = len2
-    while n:
-        if n & 1:
-            op = _multmodp(_X2N[k & 31], op)
-        n >>= 1
-        k += 1
-    return _multmodp(op, crc1) ^ crc2
+    """The CRC-32 of A + B from crc32(A), crc32(B) and len(B).
+
+    A CRC is affine in what it continues from: crc32(B, c) = shift(c) ^ crc32(B, 0), where the shift
+    depends on len(B) alone. So crc32(A + B) = crc32(B, crc32(A)) is A's CRC continued over len(B) zero
+    bytes, less what those zeros add on their own, plus B's: all at zlib's speed.
+    """
+    return _crc_of_zeros(crc1, len2) ^ _zeros_alone(len2) ^ crc2
 
 
 # -- chunks and the body they make -------------------------------------------------------------------
@@ -274,28 +267,31 @@ def _deflate(raw: bytes) -> bytes:
     return compressor.compress(raw) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
+def _inflate(segment: bytes) -> bytes:
+    """The text of a segment `_deflate` made."""
+    return zlib.decompressobj(-zlib.MAX_WBITS).decompress(segment) if segment else b""
+
+
 _stamps = iter(range(1, 1 << 62))
 
 
 @dataclass(slots=True)
 class _Chunk:
-    """Some rendered samples: the bytes, their CRC-32, and (once a gzip scrape wanted them) deflated."""
+    """Some rendered samples, deflated, with the CRC-32 and length of their text (the text itself is not
+    kept)."""
 
-    raw: bytes
+    gz: bytes
     crc: int
+    length: int
     key: Any = None  # what it was rendered from; a different key means render again
     stamp: int = 0  # unique per rendering, so a section can tell that one of its chunks changed
-    _gz: bytes | None = None
 
     @classmethod
     def of(cls, raw: bytes, key: Any = None) -> _Chunk:
-        return cls(raw, zlib.crc32(raw), key, next(_stamps))
+        return cls(_deflate(raw), zlib.crc32(raw), len(raw), key, next(_stamps))
 
-    @property
-    def gz(self) -> bytes:
-        if self._gz is None:
-            self._gz = _deflate(self.raw)
-        return self._gz
+    def text(self) -> bytes:
+        return _inflate(self.gz)
 
 
 @dataclass(slots=True)
@@ -314,34 +310,41 @@ class _Assembly:
     def __init__(self, first: _Chunk, openmetrics: bool, *, gzip: bool) -> None:
         self.openmetrics = openmetrics
         self.gzip = gzip
-        self.parts: list[bytes] = [_GZIP_HEADER] if gzip else []
+        self.parts: list[bytes | _Chunk] = [_GZIP_HEADER] if gzip else []
         self.crc = 0
         self.length = 0
         self.add(first)
 
     def add(self, chunk: _Chunk) -> None:
-        self._add(chunk.gz if self.gzip else chunk.raw, chunk.crc, len(chunk.raw))
+        """A chunk that stands alone (a header, the daemon's own metrics)."""
+        self.add_part(chunk)
+        self.count(chunk.crc, chunk.length)
 
-    def add_section(self, chunks: list[_Chunk], crc: int, length: int) -> None:
-        for chunk in chunks:
-            if chunk.raw:
-                self.parts.append(chunk.gz if self.gzip else chunk.raw)
-        self.crc = crc32_combine(self.crc, crc, length)
-        self.length += length
+    def add_part(self, chunk: _Chunk) -> None:
+        """A chunk of a section, whose text `count` accounts for once the section is complete."""
+        if chunk.length:
+            self.parts.append(chunk.gz if self.gzip else chunk)
 
-    def _add(self, data: bytes, crc: int, length: int) -> None:
-        if data:
-            self.parts.append(data)
-        self.crc = crc32_combine(self.crc, crc, length)
+    def count(self, crc: int, length: int) -> None:
+        """Text of this length and CRC-32 was added (the CRC matters to gzip's trailer only)."""
+        if self.gzip:
+            self.crc = crc32_combine(self.crc, crc, length)
         self.length += length
 
     def finish(self) -> Body:
         if self.openmetrics:
             self.add(_EOF)
-        parts = self.parts
-        if self.gzip:
-            parts = [*parts, _DEFLATE_END, struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)]
-        return Body(parts, sum(map(len, parts)), self.gzip)
+        if not self.gzip:
+            return Body(_texts(self.parts), self.length, gzip=False)
+        trailer = struct.pack("<II", self.crc, self.length & 0xFFFFFFFF)
+        parts = [part for part in self.parts if isinstance(part, bytes)] + [_DEFLATE_END, trailer]
+        return Body(parts, sum(map(len, parts)), gzip=True)
+
+
+def _texts(parts: list[bytes | _Chunk]) -> Iterator[bytes]:
+    """The text of each part, a chunk inflated only when its turn comes."""
+    for part in parts:
+        yield part if isinstance(part, bytes) else part.text()
 
 
 _EOF = _Chunk.of(b"# EOF\n")
@@ -716,29 +719,30 @@ class TrackerExposition(Collector):
                     chunk = cache[state.ref.key] = _Chunk.of(family.render(state, data), key)
                 chunks.append(chunk)
                 top = max(top, chunk.stamp)
-                if body.gzip and chunk.raw:
-                    chunk.gz  # noqa: B018  # deflate it now, inside this slice
+                body.add_part(chunk)  # a plain scrape inflates it here, inside this slice
                 if time.perf_counter() > deadline:
                     yield
                     deadline = time.perf_counter() + SLICE_SECONDS
             if len(cache) > len(chunks):  # vaults no longer watched
                 self._chunks[index] = {key: cache[key] for key in keys if key in cache}
-            body.add_section(chunks, *self._section(index, keys, top, chunks))
+            if body.gzip:
+                section = self._sections.get(index)
+                if section is None or section.top != top or section.keys != keys:
+                    # The family's CRC-32 again, from its chunks' (a chunk changed, or the vaults did).
+                    crc = length = 0
+                    for chunk in chunks:
+                        crc = crc32_combine(crc, chunk.crc, chunk.length)
+                        length += chunk.length
+                        if time.perf_counter() > deadline:
+                            yield
+                            deadline = time.perf_counter() + SLICE_SECONDS
+                    section = self._sections[index] = _Section(keys, top, crc, length)
+                body.count(section.crc, section.length)
+            else:
+                body.count(0, sum(chunk.length for chunk in chunks))
             if index == DURATIONS_AFTER:
                 body.add(self._durations_headers[body.openmetrics])
                 body.add(self._durations_chunk())
-
-    def _section(self, index: int, keys: tuple[str, ...], top: int, chunks: list[_Chunk]) -> tuple[int, int]:
-        """The CRC-32 and length of a family's samples, worked out again only when a chunk changed."""
-        section = self._sections.get(index)
-        if section is None or section.top != top or section.keys != keys:
-            crc = 0
-            length = 0
-            for chunk in chunks:
-                crc = zlib.crc32(chunk.raw, crc)
-                length += len(chunk.raw)
-            section = self._sections[index] = _Section(keys, top, crc, length)
-        return section.crc, section.length
 
     def _durations_chunk(self) -> _Chunk:
         version = self.tracker.durations_version

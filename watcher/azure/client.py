@@ -91,8 +91,24 @@ def _code_of(body: Any) -> tuple[str | None, str]:
 
 def subscription_of(url: str) -> str:
     """The subscription an ARM URL belongs to, for its rate-limit bucket."""
-    m = _SUBSCRIPTION_IN_PATH.search(urlsplit(url).path)
+    m = _SUBSCRIPTION_IN_PATH.search(_path(url))
     return m.group(1).lower() if m else "-"
+
+
+def _path(url: str) -> str:
+    """The path of an absolute URL, as `urlsplit(url).path` gives it, without splitting the rest."""
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return urlsplit(url).path
+    start = url.find("/", scheme_end + 3)
+    if start < 0:
+        return ""
+    end = len(url)
+    for mark in ("?", "#"):
+        at = url.find(mark, start)
+        if 0 <= at < end:
+            end = at
+    return url[start:end]
 
 
 class ArmClient:
@@ -136,6 +152,7 @@ class ArmClient:
         )
         parts = urlsplit(self.endpoint)
         self._origin = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        self._prefix = f"{parts.scheme}://{parts.netloc}/"
         if parts.scheme.lower() != "https" and not (parts.scheme.lower() == "http" and _loopback(parts)):
             raise ConfigError(
                 "backup-watcher",
@@ -169,6 +186,8 @@ class ArmClient:
 
     def check_host(self, url: str) -> None:
         """Refuse to send our token anywhere but the configured management endpoint, over TLS or loopback."""
+        if url.startswith(self._prefix):
+            return  # the endpoint itself, which was checked when this client was made, then a path
         parts = urlsplit(url)
         try:
             port = parts.port
@@ -335,19 +354,33 @@ class ArmClient:
             if not self.busy:
                 self.idle.set()
 
+    async def _turn(self, subscription: str) -> asyncio.Semaphore:
+        """A concurrency slot and a token of the subscription's read budget, taken together just before
+        the request goes out; the semaphore whose slot it holds. ARM counts a request when it arrives: a
+        budget token taken long before, by a request that then waited for a slot, would let such
+        requests arrive in a burst that ARM's bucket does not allow. No slot is held while waiting for
+        the budget."""
+        while True:
+            await self.limiter.wait_ready(subscription)
+            slots = self._slots
+            await slots.acquire()
+            if self.limiter.try_take(subscription):
+                return slots
+            slots.release()  # another request of the subscription took the token meanwhile
+
     async def _attempt(self, endpoint: str, url: str, method: str, subscription: str) -> ApiResponse:
         # Checked on every attempt, before a token is fetched: no path leads a token elsewhere.
         self.check_host(url)
-        await self.limiter.acquire(subscription)
         token = await self.tokens.token()
         headers = {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",
             "x-ms-client-request-id": str(uuid.uuid4()),
         }
-        started = time.perf_counter()
         code = "error"
-        async with self._slots:
+        slots = await self._turn(subscription)
+        started = time.perf_counter()
+        try:
             if self.session.closed:
                 # A reload closed this client's session while the request waited: not Azure's fault.
                 raise ConnectionFailed("the request's HTTP session was closed (config reload or shutdown)")
@@ -389,6 +422,8 @@ class ArmClient:
                 self.in_flight -= 1
                 if self.observer is not None:
                     self.observer.request_done(subscription, endpoint, code, time.perf_counter() - started)
+        finally:
+            slots.release()
 
         remaining = remaining_budget(response_headers)
         if remaining is not None:
@@ -449,6 +484,9 @@ def _api_version_error(detail: str, status: int, code: str, message: str, used: 
 
 
 async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
+    length = resp.content_length
+    if length is not None and length <= MAX_BODY_BYTES and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # as long as announced (the reader holds it to that), not compressed
     chunks = []
     size = 0
     async for chunk in resp.content.iter_chunked(65536):

@@ -438,7 +438,7 @@ def as_text(value: Any) -> str:
 
 def utf8(text: str) -> str:
     """`text` with lone surrogates (JSON may escape one) as U+FFFD: the store and /metrics write UTF-8."""
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
 
 
 def label(value: Any) -> str:

@@ -104,20 +104,38 @@ class SubscriptionLimiter:
         recovered = (self.clock.now() - bucket.throttled_at) / self.RECOVERY_SECONDS
         return min(1.0, bucket.throttled_factor + recovered)
 
+    def _refill(self, subscription_id: str, bucket: _Bucket) -> float:
+        """Top the bucket up for the time since it was last looked at; its refill rate."""
+        now = self.clock.now()
+        rate = self.rate(subscription_id)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        return rate
+
     async def acquire(self, subscription_id: str) -> None:
-        """Wait until this subscription may send one more request."""
+        """Wait until this subscription may send one more request, and take its token."""
+        await self.wait_ready(subscription_id)
+        self.try_take(subscription_id)
+
+    async def wait_ready(self, subscription_id: str) -> None:
+        """Wait until this subscription has a token to spend (without taking it); waiters go in turn."""
         bucket = self._bucket(subscription_id)
         async with bucket.lock:
             while True:
-                now = self.clock.now()
-                rate = self.rate(subscription_id)
-                bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * rate)
-                bucket.updated = now
+                rate = self._refill(subscription_id, bucket)
                 # The epsilon keeps float rounding from turning the last sliver into an endless wait.
                 if bucket.tokens >= 1.0 - 1e-9:
-                    bucket.tokens = max(0.0, bucket.tokens - 1.0)
                     return
                 await self.clock.sleep(max((1.0 - bucket.tokens) / rate, 1e-3))
+
+    def try_take(self, subscription_id: str) -> bool:
+        """Take one of this subscription's tokens if it has one now; whether it did."""
+        bucket = self._bucket(subscription_id)
+        self._refill(subscription_id, bucket)
+        if bucket.tokens >= 1.0 - 1e-9:
+            bucket.tokens = max(0.0, bucket.tokens - 1.0)
+            return True
+        return False
 
     def throttled(self, subscription_id: str) -> None:
         """A 429: empty this subscription's bucket and halve its refill rate (it recovers over a minute)."""

@@ -3,7 +3,7 @@
 An `Estate` holds subscriptions, vaults of both kinds (Recovery Services vaults and Backup vaults),
 their jobs and protected items, whose states follow a clock; `start_simulator` serves it over
 HTTP(S) the way Azure Resource Manager and the Backup services answer (bodies, headers, errors,
-paging, throttling); `demo_estate` and `bench_estate` build ready-made estates.
+paging, throttling); `demo_estate` and `scale_estate` build ready-made estates.
 """
 
 from watcher.sim.arm import DATAPROTECTION_API_VERSIONS, SUPPORTED_API_VERSIONS, VAULT_API_VERSIONS
@@ -18,7 +18,7 @@ from watcher.sim.estate import (
     SimOperation,
     SimVault,
 )
-from watcher.sim.scenarios import bench_estate, demo_estate, demo_subscriptions, demo_vaults
+from watcher.sim.scenarios import demo_estate, demo_subscriptions, demo_vaults
 from watcher.sim.server import SIM_TOKEN, RecordedRequest, Simulator, create_app, start_simulator
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "SimOperation",
     "SimVault",
     "Simulator",
-    "bench_estate",
     "create_app",
     "demo_estate",
     "demo_subscriptions",

@@ -1,4 +1,4 @@
-"""Ready-made estates: the demo's small, lively one and the benchmark's large, uniform one.
+"""Ready-made estates: the demo's small, lively one and the benchmark's enterprise-sized one.
 
 The demo (`demo_estate`) has four Recovery Services vaults in two subscriptions: IaaS VM backups
 (one completes, one with warnings, one fails, one is cancelled, a restore runs), a SQL workload
@@ -10,9 +10,6 @@ instances every one to five minutes for as long as it runs. Every vault has prot
 back up on schedule, and among them are items whose last recovery point is three days old, items
 never backed up and items whose protection was stopped.
 
-The benchmark (`bench_estate`) spreads vaults over four subscriptions; every job has started before
-`now` and ends at a uniformly random moment within `spread` seconds after it, mostly Completed.
-
 The scale benchmark (`scale_estate`, described by a `ScaleSpec`) is an enterprise estate in steady
 state: vaults of both kinds over several subscriptions, protected items that keep backing up, and jobs
 that start all day long (each a backup of one of its vault's items), from `history` seconds before
@@ -21,6 +18,7 @@ that start all day long (each a backup of one of its vault's items), from `histo
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 import uuid
@@ -287,160 +285,6 @@ def demo_subscriptions(estate: Estate) -> list[str]:
     return estate.subscriptions()
 
 
-def bench_estate(
-    vaults: int = 200,
-    jobs_per_vault: int = 50,
-    *,
-    now: float | None = None,
-    spread: float = 600.0,
-    clock: Callable[[], float] = time.time,
-    backup_vaults: int = 0,
-    items_per_vault: int = 0,
-) -> Estate:
-    """`vaults` x `jobs_per_vault` running jobs that all end within `spread` seconds after `now`.
-
-    The last `backup_vaults` of the vaults are Backup vaults (disk and PostgreSQL backups); every
-    vault gets `items_per_vault` protected items. With neither, the estate is the same as before
-    they existed: they draw on their own random streams.
-    """
-    if not 0 <= backup_vaults <= vaults:
-        raise ValueError("backup_vaults must be between 0 and vaults")
-    now = clock() if now is None else now
-    rng = random.Random(20260201)  # noqa: S311 - reproducible scenario data, not a secret
-    bv_rng = random.Random(20260202)  # noqa: S311
-    estate = Estate(clock)
-    subscriptions = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(4)]
-    for v in range(vaults):
-        subscription_id = subscriptions[v % len(subscriptions)]
-        resource_group = f"rg-bench-{v % 20:02d}"
-        if v >= vaults - backup_vaults:
-            vault = f"bvault-bench-{v:04d}"
-            estate.add_vault(subscription_id, resource_group, vault, kind=BACKUP_VAULT)
-            _bench_backup_vault_jobs(
-                estate, bv_rng, (subscription_id, resource_group, vault), jobs_per_vault, now, spread
-            )
-            continue
-        vault = f"vault-bench-{v:04d}"
-        estate.add_vault(subscription_id, resource_group, vault)
-        for j in range(jobs_per_vault):
-            start = now - rng.uniform(30.0, 3600.0)
-            end = now + rng.uniform(0.0, spread)
-            roll = rng.random()
-            outcome = (
-                "Completed"
-                if roll < 0.85
-                else "CompletedWithWarnings"
-                if roll < 0.92
-                else "Failed"
-                if roll < 0.98
-                else "Cancelled"
-            )
-            kind = rng.random()
-            if kind < 0.7:
-                job_type, management, operation = "AzureIaaSVMJob", "AzureIaasVM", "Backup"
-                entity = f"vm-{v:04d}-{j:02d}"
-                container = f"iaasvmcontainerv2;{resource_group};{entity}"
-            elif kind < 0.9:
-                job_type, management = "AzureWorkloadJob", "AzureWorkload"
-                operation = "Backup (Log)" if kind < 0.85 else "Backup (Full)"
-                entity = f"db{j:02d} [sqlvm-{v:04d}]"
-                container = ""
-            else:
-                job_type, management, operation = "AzureStorageJob", "AzureStorage", "Backup"
-                entity = f"share-{j:02d}"
-                container = f"StorageContainer;Storage;{resource_group};st{v:04d}"
-            estate.add(
-                SimJob(
-                    subscription_id=subscription_id,
-                    resource_group=resource_group,
-                    vault=vault,
-                    job_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                    job_type=job_type,
-                    operation=operation,
-                    entity=entity,
-                    backup_management_type=management,
-                    start=start,
-                    duration=end - start,
-                    outcome=outcome,
-                    size_mb=rng.randint(100, 50_000),
-                    timespan_duration=job_type == "AzureWorkloadJob",
-                    container_name=container,
-                )
-            )
-    if items_per_vault:
-        _bench_items(estate, items_per_vault, now)
-    return estate
-
-
-def _outcome(roll: float) -> str:
-    if roll < 0.85:
-        return "Completed"
-    return "Failed" if roll < 0.97 else "Cancelled"
-
-
-def _bench_backup_vault_jobs(
-    estate: Estate,
-    rng: random.Random,
-    vault: tuple[str, str, str],
-    jobs: int,
-    now: float,
-    spread: float,
-) -> None:
-    for j in range(jobs):
-        start = now - rng.uniform(30.0, 3600.0)
-        end = now + rng.uniform(0.0, spread)
-        outcome = _outcome(rng.random())
-        if rng.random() < 0.7:
-            job_type, name, server, entity = _DISK[0], f"disk-{j:02d}", "", f"disk-{j:02d}"
-        else:
-            job_type, name, server = _PG[0], f"db{j:02d}", f"pg-{vault[2][-4:]}"
-            entity = f"{server}\\{name}"
-        estate.add(
-            SimJob(
-                *vault,
-                job_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                job_type=job_type,
-                operation="Backup",
-                entity=entity,
-                backup_management_type="",
-                start=start,
-                duration=end - start,
-                outcome=outcome,
-                size_mb=rng.randint(100, 50_000),
-                vault_kind=BACKUP_VAULT,
-                policy_name="bench-daily",
-                datasource_name=name,
-                datasource_set=server,
-            )
-        )
-
-
-def _bench_items(estate: Estate, per_vault: int, now: float) -> None:
-    """`per_vault` items in every vault: mostly backed up within the day, a few stale, never backed
-    up or stopped."""
-    rng = random.Random(20260203)  # noqa: S311 - reproducible scenario data, not a secret
-    for info in estate.all_vaults():
-        kinds = ("vm", "sql", "fileshare") if info.kind == RECOVERY_SERVICES else ("disk", "postgresql")
-        for i in range(per_vault):
-            kind = kinds[i % len(kinds)]
-            roll = rng.random()
-            last = now - rng.uniform(60.0, _DAY) - (3 * _DAY if roll < 0.05 else 0.0)
-            points = () if 0.05 <= roll < 0.08 else (last - _DAY, last)
-            estate.add_item(
-                SimItem(
-                    info.subscription_id,
-                    info.resource_group,
-                    info.name,
-                    kind=kind,
-                    name=f"{kind}-{i:02d}",
-                    parent="" if kind in ("vm", "disk") else f"{kind}-host-{i // 10}",
-                    recovery_points=points,
-                    protection_state="ProtectionStopped" if 0.08 <= roll < 0.1 else "",
-                    first_protected=now - 30 * _DAY,
-                )
-            )
-
-
 @dataclass(frozen=True, slots=True)
 class ScaleSpec:
     """The size and pace of `scale_estate`; the same spec and `now` always make the same estate.
@@ -465,14 +309,14 @@ class ScaleSpec:
     @property
     def subscription_ids(self) -> list[str]:
         """The estate's subscriptions, as GUIDs."""
-        rng = random.Random(20261301)  # noqa: S311 - reproducible scenario data, not a secret
-        return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(self.subscriptions)]
+        return _subscription_ids(self.subscriptions)
 
     def vault(self, v: int) -> tuple[str, str, str, str]:
-        """Vault number `v` as (kind, subscription, resource group, name)."""
+        """Vault number `v` as (kind, subscription, resource group, name); every subscription gets
+        vaults of both kinds in the same proportion."""
         every = self.backup_vault_every
         backup = every > 0 and v % every == every - 1
-        subscription = self.subscription_ids[v % self.subscriptions]
+        subscription = self.subscription_ids[v // max(every, 1) % self.subscriptions]
         group = f"rg-backup-{v % 25:02d}"
         if backup:
             return BACKUP_VAULT, subscription, group, f"bvault-{v:04d}"
@@ -482,6 +326,12 @@ class ScaleSpec:
     def item_every(self) -> float:
         """Seconds between two backups (recovery points) of one item, on average."""
         return 86400.0 * self.items_per_vault * self.vaults / max(self.jobs_per_day, 1e-9)
+
+
+@functools.lru_cache(maxsize=8)
+def _subscription_ids(count: int) -> list[str]:
+    rng = random.Random(20261301)  # noqa: S311 - reproducible scenario data, not a secret
+    return [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(count)]
 
 
 def scale_items(spec: ScaleSpec, v: int) -> list[SimItem]:
