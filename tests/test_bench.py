@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = [sys.executable, "-m", "bench.bench", "--quick"]
 NUMBER = r"(-?\d+(?:\.\d+)?|nan|inf)"
 
+
 @pytest.fixture
 def env() -> dict[str, str]:
     """This environment without any WATCHER_ setting, output unbuffered."""
