@@ -1218,6 +1218,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def refill(settings: Settings) -> None:
+    """Wait until ARM's budget has refilled after the phase before. Each phase starts a new process, whose
+    limiter starts full, as a watcher's does when it starts: a budget the last process left empty would
+    answer its first burst with 429s. (A quick run spends too little of it to matter.)"""
+    if not settings.quick:
+        time.sleep(ARM_BURST / ARM_PER_SECOND)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its report; its child processes end with it, however it ends."""
     began = time.monotonic()
@@ -1266,18 +1274,19 @@ def main(argv: list[str] | None = None) -> int:
             restart = None
             if settings.restart:
                 print("# restart on the same store", flush=True)
+                refill(settings)
                 restart = asyncio.run(
                     restart_run(configs[0], workdir, sim, spec.vaults, spec.vaults * spec.items_per_vault)
                 )
             shards: list[Run] = []
             if shard_count:
                 print(f"# {shard_count} shards, each from its own store", flush=True)
+                refill(settings)
                 shards = asyncio.run(
                     shard_runs(settings, configs[1:], workdir, sim, [s.vaults for s in seeded[1:]])
                 )
             print("# one GET, three ways", flush=True)
-            if not settings.quick:
-                time.sleep(ARM_BURST / ARM_PER_SECOND)  # ARM's budget refills after the watchers
+            refill(settings)
             gets = asyncio.run(get_baselines(settings, sim.url, config, spec))
             sim_stats = sim.stats()
         load = (load_start, os.getloadavg()[0])

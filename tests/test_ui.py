@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,10 @@ import pytest
 from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
 from watcher import ui
 from watcher.app import Watcher
+from watcher.azure.models import Job, VaultKind, VaultRef
 from watcher.sim import Estate, SimItem, SimJob, Simulator
+from watcher.state import Tracker, VaultState
+from watcher.store import Store
 
 RG = "rg-ui"
 HOSTILE_VAULT = "<script>alert(1)"
@@ -367,3 +371,75 @@ def test_human_durations() -> None:
         "-",
         "0s",
     ]
+
+
+def test_the_last_days_failures_in_memory_match_the_store_as_jobs_end(tmp_path: Path) -> None:
+    """The page counts the last day's failures and warnings per vault in memory (read from the store
+    once, then told of each job that ends): at every step the counts equal the store's own."""
+    clock = FakeClock(1_800_000_000.0)
+    vaults = (VaultRef(SUB, RG, "vault-a"), VaultRef(SUB, RG, "vault-b", VaultKind.BACKUP_VAULT))
+
+    def job(vault: VaultRef, job_id: str, status: str, ended_ago: float | None) -> Job:
+        end = None if ended_ago is None else clock.now - ended_ago
+        return Job(
+            job_id=job_id,
+            vault=vault,
+            job_type="AzureIaaSVMJob",
+            operation="Backup",
+            operation_detail="",
+            status=status,
+            entity=f"vm-{job_id}",
+            backup_management_type="AzureIaasVM",
+            start_time=datetime.fromtimestamp(clock.now - 7 * 86400, UTC),
+            end_time=None if end is None else datetime.fromtimestamp(end, UTC),
+            duration_seconds=None,
+        )
+
+    store = Store.open(tmp_path / "s.sqlite3")
+    try:
+        tracker = Tracker(store, clock=clock)
+        tracker.set_vaults([VaultState(ref=ref, discover=True) for ref in vaults])
+        a, b = vaults
+        tracker.observe(a, job(a, "old-fail", "Failed", 2 * 86400))  # before the window
+        tracker.observe(a, job(a, "fail-1", "Failed", 3600))
+        tracker.observe(b, job(b, "warn-1", "CompletedWithWarnings", 600))
+        tracker.observe(b, job(b, "running", "InProgress", None))
+        recent = ui.RecentOutcomes(tracker, ui.RECENT_SECONDS)
+
+        def truth() -> dict[tuple[str, str], int]:
+            return store.outcome_counts(ui.OUTCOMES, clock.now - ui.RECENT_SECONDS)
+
+        assert (
+            recent.counts(clock.now - ui.RECENT_SECONDS)
+            == truth()
+            == {
+                (a.key, "Failed"): 1,
+                (b.key, "CompletedWithWarnings"): 1,
+            }
+        )
+        clock.advance(60)
+        tracker.observe(b, job(b, "running", "Failed", 1))  # a followed job ends failed
+        tracker.observe(a, job(a, "late", "Failed", 3 * 86400))  # found late, ended long ago
+        tracker.observe(a, job(a, "fail-1", "Failed", 3660))  # seen again: counted once
+        assert (
+            recent.counts(clock.now - ui.RECENT_SECONDS)
+            == truth()
+            == {
+                (a.key, "Failed"): 1,
+                (b.key, "CompletedWithWarnings"): 1,
+                (b.key, "Failed"): 1,
+            }
+        )
+        clock.advance(ui.RECENT_SECONDS - 3000)  # fail-1 (ended 3660 s before) leaves the day
+        assert (
+            recent.counts(clock.now - ui.RECENT_SECONDS)
+            == truth()
+            == {
+                (b.key, "CompletedWithWarnings"): 1,
+                (b.key, "Failed"): 1,
+            }
+        )
+        recent.detach()
+        assert recent.changed not in tracker.listeners
+    finally:
+        store.close()

@@ -128,6 +128,10 @@ class VaultState:
     watermark: float | None = None
 
 
+def _new_versions() -> dict[str, int]:
+    return {JOBS: 0, ITEMS: 0, INVENTORY: 0, POLLS: 0}
+
+
 @dataclass(slots=True)
 class VaultData:
     """Everything the watcher keeps in memory about one vault, watched or once watched."""
@@ -142,11 +146,15 @@ class VaultData:
     inventory_hidden: bool = False
     poll_errors: dict[str, float] = field(default_factory=dict)
     discovery_gaps: float = 0.0
-    versions: dict[str, int] = field(default_factory=lambda: {JOBS: 0, ITEMS: 0, INVENTORY: 0, POLLS: 0})
+    versions: dict[str, int] = field(default_factory=_new_versions)
+    # The tracker's versions of each kind over every vault (shared by all its vaults): /metrics reuses a
+    # whole family while its kind's version there stays the same.
+    estate_versions: dict[str, int] = field(default_factory=_new_versions)
 
     def bump(self, *kinds: str) -> None:
         for kind in kinds:
             self.versions[kind] += 1
+            self.estate_versions[kind] += 1
 
     def watched_counts(self) -> dict[str, int]:
         """Jobs tracked by status: those followed now and the finished ones the store keeps."""
@@ -171,6 +179,7 @@ class Tracker:
         self.data: dict[str, VaultData] = {}
         self.durations: dict[tuple[str, str, str], tuple[list[int], float, int]] = {}
         self.durations_version = 0
+        self.versions = _new_versions()  # of each kind of fact, over every vault (VaultData.bump)
         self.listeners: list[Listener] = []
         self._restore()
 
@@ -231,7 +240,7 @@ class Tracker:
         key = key or ref.key
         data = self.data.get(key)
         if data is None:
-            data = self.data[key] = VaultData(ref)
+            data = self.data[key] = VaultData(ref, estate_versions=self.versions)
         return data
 
     # -- vaults -----------------------------------------------------------------------------

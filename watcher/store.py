@@ -545,27 +545,46 @@ class Store:
         )
         return {(vault_key, status): n for vault_key, status, n in rows}
 
+    def outcome_times(self, statuses: tuple[str, ...], since: float) -> list[tuple[float, str, str, str]]:
+        """(end time, vault key, lower-case job id, status) of jobs that ended with one of `statuses` at or
+        after `since`, oldest first."""
+        marks = ", ".join("?" for _ in statuses)
+        rows = self.conn.execute(
+            f"SELECT end_time, vault_key, lower(job_id), status FROM jobs WHERE status IN ({marks}) "  # noqa: S608 - ? only
+            "AND end_time >= ? ORDER BY end_time",
+            (*statuses, since),
+        )
+        return [(float(end), vault_key, job_id, status) for end, vault_key, job_id, status in rows]
+
     def recent_outcomes(
         self, statuses: tuple[str, ...], since: float, *, vault_keys: set[str], narrow: bool, limit: int
     ) -> list[JobRow]:
-        """The newest jobs of `vault_keys` that ended with one of `statuses` at or after `since`."""
+        """The newest jobs of `vault_keys` that ended with one of `statuses` at or after `since`.
+
+        One status at a time, read newest first along `jobs_by_outcome` (no sort of a day's jobs), then
+        the newest `limit` of them all.
+        """
         if narrow and not vault_keys:
             return []
         cols = ", ".join(JOB_COLUMNS)
-        clauses = [f"status IN ({', '.join('?' for _ in statuses)})", "end_time >= ?"]
-        args: list[Any] = [*statuses, since]
+        where = "status = ? AND end_time >= ?"
+        extra: list[str] = []
         if narrow:
-            clauses.append(f"vault_key IN ({', '.join('?' for _ in vault_keys)})")
-            args.extend(sorted(vault_keys))
-        sql = f"SELECT {cols} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY end_time DESC"  # noqa: S608 - ? only
+            where += f" AND vault_key IN ({', '.join('?' for _ in vault_keys)})"
+            extra = sorted(vault_keys)
+        sql = f"SELECT {cols} FROM jobs WHERE {where} ORDER BY end_time DESC"  # noqa: S608 - ? only
         out: list[JobRow] = []
-        for row in self.conn.execute(sql, args):
-            job = JobRow(*row)
-            if job.vault_key in vault_keys:
-                out.append(job)
-                if len(out) >= limit:
-                    break
-        return out
+        for status in statuses:
+            taken = 0
+            for row in self.conn.execute(sql, [status, since, *extra]):
+                job = JobRow(*row)
+                if job.vault_key in vault_keys:
+                    out.append(job)
+                    taken += 1
+                    if taken >= limit:
+                        break
+        out.sort(key=lambda job: job.end_time or 0.0, reverse=True)
+        return out[:limit]
 
     def transitions_of(
         self, jobs: list[tuple[str, str]]

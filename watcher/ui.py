@@ -10,7 +10,9 @@ string, nothing on it changes state.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,7 +25,7 @@ from aiohttp import web
 
 from watcher import __version__
 from watcher.azure.models import ACTIVE_STATUSES, ProtectionState, VaultKind, VaultRef
-from watcher.state import TrackedJob, VaultData, VaultState, job_from_row
+from watcher.state import TrackedJob, Tracker, VaultData, VaultState, job_from_row
 
 if TYPE_CHECKING:
     from watcher.app import Watcher
@@ -230,6 +232,54 @@ class Health:
         return "ok"
 
 
+class RecentOutcomes:
+    """Jobs that ended failed or with warnings in the last day, counted by vault and status in memory:
+    read from the store once, then told by the tracker of each job that ends so (its listeners), so a
+    page view does not count a day of jobs in SQLite."""
+
+    def __init__(self, tracker: Tracker, window: float) -> None:
+        self.tracker = tracker
+        self.window = window
+        self.entries: deque[tuple[float, str, str, str]] = deque()  # (end, vault key, job id, status)
+        self.seen: set[tuple[str, str]] = set()  # (vault key, lower-case job id) of the entries
+        for end, vault_key, job_id, status in tracker.store.outcome_times(OUTCOMES, tracker.clock() - window):
+            self._add(end, vault_key, job_id, status)
+        tracker.listeners.append(self.changed)
+
+    def _add(self, end: float, vault_key: str, job_id: str, status: str) -> None:
+        if (vault_key, job_id) in self.seen:
+            return
+        self.seen.add((vault_key, job_id))
+        self.entries.append((end, vault_key, job_id, status))
+
+    def changed(self, tj: TrackedJob, _previous: str | None, status: str) -> None:
+        if (
+            status in OUTCOMES
+            and tj.end_time is not None
+            and tj.end_time >= self.tracker.clock() - self.window
+        ):
+            self._add(tj.end_time, tj.vault.key, tj.job_id.lower(), status)
+
+    def detach(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.tracker.listeners.remove(self.changed)
+
+    def counts(self, since: float) -> dict[tuple[str, str], int]:
+        """Jobs that ended with one of OUTCOMES at or after `since` (within the window), by (vault key,
+        status)."""
+        # Mostly in order of end time (a job found late may end before the last one): drop from the front
+        # what is older than the window, and check each of the rest.
+        horizon = self.tracker.clock() - self.window
+        while self.entries and self.entries[0][0] < horizon:
+            _end, vault_key, job_id, _status = self.entries.popleft()
+            self.seen.discard((vault_key, job_id))
+        out: Counter[tuple[str, str]] = Counter()
+        for end, vault_key, _job_id, status in self.entries:
+            if end >= since:
+                out[(vault_key, status)] += 1
+        return out
+
+
 class StatusPage:
     """The handlers of `/`, `/jobs/{id}` and the stylesheet, reading the running watcher."""
 
@@ -237,6 +287,15 @@ class StatusPage:
         self.watcher = watcher
         self.env = _environment()
         self.css = resources.files("watcher").joinpath("static/watcher.css").read_bytes()
+        self._outcomes: RecentOutcomes | None = None
+
+    def outcome_counts(self, tracker: Tracker, since: float) -> dict[tuple[str, str], int]:
+        """The last day's failures and warnings by (vault key, status), from memory."""
+        if self._outcomes is None or self._outcomes.tracker is not tracker:
+            if self._outcomes is not None:
+                self._outcomes.detach()
+            self._outcomes = RecentOutcomes(tracker, RECENT_SECONDS)
+        return self._outcomes.counts(since)
 
     def enabled(self) -> bool:
         return self.watcher.config.http.ui
@@ -275,7 +334,7 @@ class StatusPage:
         watched = [(state, data) for state, data in tracker.watched() if filters.matches(state.ref)]
         keys = {state.ref.key for state, _data in watched}
         narrow = len(keys) < len(tracker.vaults)
-        counts = tracker.store.outcome_counts(OUTCOMES, now - RECENT_SECONDS)
+        counts = self.outcome_counts(tracker, now - RECENT_SECONDS)
         stale_after = watcher.config.http.ui_stale_after
         scheduler = watcher.scheduler
         stale = {s.ref.key for s in scheduler.stale_vaults()} if scheduler is not None else set()

@@ -95,11 +95,17 @@ class VaultRef:
     resource_group: str
     name: str
     kind: VaultKind = VaultKind.RECOVERY_SERVICES
+    # Worked out once: the scheduler, tracker and /metrics look vaults up by it all the time.
+    _key: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        key = f"{self.kind.value}:{self.subscription_id}/{self.resource_group}/{self.name}".lower()
+        object.__setattr__(self, "_key", key)
 
     @property
     def key(self) -> str:
         """A case-insensitive identity, used in the store and maps: `kind:subscription/group/name`."""
-        return f"{self.kind.value}:{self.subscription_id}/{self.resource_group}/{self.name}".lower()
+        return self._key
 
     @property
     def arm_id(self) -> str:
