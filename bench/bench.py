@@ -1210,12 +1210,15 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so every child process is stopped."""
+    """SIGTERM unwinds like Ctrl-C, so every child process is stopped; and SIGINT is Ctrl-C even when the
+    benchmark was started in the background by a shell (which starts it with SIGINT ignored)."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def refill(settings: Settings) -> None:
