@@ -250,3 +250,31 @@ def test_crc32_of_a_concatenation_is_combined_from_the_parts(a: bytes, b: bytes)
 def test_crc32_combine_holds_for_long_parts() -> None:
     a, b = b"x" * 5_000_003, bytes(range(256)) * 40_000
     assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+async def test_a_plain_scrape_written_in_many_groups_is_the_whole_body(
+    tracker: Tracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain /metrics inflates its cached chunks as it writes them: written a few KiB at a time, the
+    body over HTTP is byte for byte the rendered one, in order, with the announced length."""
+    monkeypatch.setattr("watcher.web.WRITE_BYTES", 2048)
+    _estate(tracker, tuple(f"vault {n}" for n in range(40)))
+    metrics = _metrics(tracker)
+    app = create_app(render=metrics.body, healthy=lambda: True, ready=lambda: True, jobs=tracker.api_jobs)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "identity"}) as resp,
+        ):
+            body = await resp.read()
+            assert int(resp.headers["Content-Length"]) == len(body)
+        expected = metrics.render(False)
+        assert len(expected) > 20 * 2048
+        assert body == expected
+    finally:
+        await runner.cleanup()
