@@ -14,8 +14,8 @@
 #
 # Environment:
 #   IMAGE_TEST_CACHE   cache directory (default /var/tmp/backup-watcher-image-cache): the base
-#                      rootfs tarball and buildah's storage, so reruns skip debootstrap and reuse
-#                      unchanged build layers; delete it to start afresh
+#                      rootfs tarball and buildah's storage, so reruns skip debootstrap
+#                      (build layers are not reused, see the build step); delete it to start afresh
 #   IMAGE_TEST_MIRROR  Debian mirror (default: the first one apt's sources name for the suite)
 #   IMAGE_TEST_SUITE   Debian suite of the base (default bookworm)
 #   IMAGE_TEST_STORAGE_DRIVER  buildah storage driver (default overlay where the kernel and the
@@ -171,7 +171,10 @@ fi
 
 log "building $image on $base (storage driver $driver)"
 started=$(date +%s)
-bah build --quiet --isolation chroot --format docker --layers "${build_args[@]}" "${volumes[@]}" \
+# No --layers: with every step of the builder stage cached, Debian's buildah (1.28) bind-mounts an
+# earlier layer of that stage for `RUN --mount=...,from=builder` (the project's wheel is then missing),
+# so a rerun on unchanged code failed. Each build runs every step; the base rootfs stays cached.
+bah build --quiet --isolation chroot --format docker "${build_args[@]}" "${volumes[@]}" \
     --file "$repo/Dockerfile" --tag "$image" "$repo" >"$cache/build.log" 2>&1 \
     || { tail -n 40 "$cache/build.log" >&2; fail "build failed, see $cache/build.log"; }
 build_seconds=$(($(date +%s) - started))
