@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from watcher.app import Watcher
+from watcher.azure.models import Job, VaultRef
 from watcher.config import Config, validate_config
 from watcher.sim import SIM_TOKEN, Estate, Simulator, start_simulator
 from watcher.state import TrackedJob, Tracker, job_from_row
@@ -155,3 +157,20 @@ def every_job(tracker: Tracker) -> dict[tuple[str, str], TrackedJob]:
     out = {(row.vault_key, row.job_id.lower()): job_from_row(row) for row in tracker.store.jobs()}
     out.update(tracker.jobs)
     return out
+
+
+def vm_job(vault: VaultRef, job_id: str, status: str, start: float | None, end: float | None) -> Job:
+    """A VM backup job of `vault` as a GET reads it, started and ended at these times (None: not yet)."""
+    return Job(
+        job_id=job_id,
+        vault=vault,
+        job_type="AzureIaaSVMJob",
+        operation="Backup",
+        operation_detail="",
+        status=status,
+        entity=f"vm-{job_id}",
+        backup_management_type="AzureIaasVM",
+        start_time=datetime.fromtimestamp(start, UTC) if start is not None else None,
+        end_time=datetime.fromtimestamp(end, UTC) if end is not None else None,
+        duration_seconds=None,
+    )

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from tests.conftest import FakeClock
-from watcher.azure.models import Job, VaultKind, VaultRef
+from tests.conftest import FakeClock, vm_job
+from watcher.azure.models import VaultKind, VaultRef
 from watcher.metrics import Metrics
 from watcher.state import Tracker, VaultState
 from watcher.store import Store
@@ -31,22 +31,6 @@ GONE = VaultRef(SUB_B, "rg-api", "vault-gone")
 STATUSES = ("Completed", "Failed", "InProgress", "CompletedWithWarnings")
 
 
-def _job(vault: VaultRef, job_id: str, status: str, start: float | None, end: float | None) -> Job:
-    return Job(
-        job_id=job_id,
-        vault=vault,
-        job_type="AzureIaaSVMJob",
-        operation="Backup",
-        operation_detail="",
-        status=status,
-        entity=f"vm-{job_id}",
-        backup_management_type="AzureIaasVM",
-        start_time=datetime.fromtimestamp(start, UTC) if start is not None else None,
-        end_time=datetime.fromtimestamp(end, UTC) if end is not None else None,
-        duration_seconds=None,
-    )
-
-
 @pytest.fixture
 def tracker(tmp_path: Path) -> Iterator[Tracker]:
     """250 jobs over three watched vaults (some sharing a start time, one never started) and a vault no
@@ -60,9 +44,9 @@ def tracker(tmp_path: Path) -> Iterator[Tracker]:
         status = STATUSES[n % 4]
         start = now - 3600 * (n // 2)  # pairs share a start time: the cursor must still order them
         end = start + 60 if status != "InProgress" else None
-        tracker.observe(vault, _job(vault, f"job-{n:03d}", status, start, end))
-    tracker.observe(VAULTS[0], _job(VAULTS[0], "never-started", "InProgress", None, None))
-    tracker.observe(GONE, _job(GONE, "gone-1", "Failed", now - 60, now - 30))
+        tracker.observe(vault, vm_job(vault, f"job-{n:03d}", status, start, end))
+    tracker.observe(VAULTS[0], vm_job(VAULTS[0], "never-started", "InProgress", None, None))
+    tracker.observe(GONE, vm_job(GONE, "gone-1", "Failed", now - 60, now - 30))
     tracker.set_vaults([VaultState(ref=ref, discover=True) for ref in VAULTS])
     yield tracker
     tracker.store.close()

@@ -8,9 +8,10 @@ whose content is exactly the plain body.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -119,6 +120,20 @@ def _metrics(tracker: Tracker) -> Metrics:
     return metrics
 
 
+@contextlib.asynccontextmanager
+async def _serve(metrics: Metrics, tracker: Tracker) -> AsyncIterator[int]:
+    """The watcher's HTTP app for `metrics` on a free loopback port; the port."""
+    app = create_app(render=metrics.body, healthy=lambda: True, ready=lambda: True, jobs=tracker.api_jobs)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 def _same_as_prometheus_client(metrics: Metrics) -> None:
     assert metrics.render(False) == generate_latest(metrics.registry)
     assert metrics.render(True) == generate_openmetrics(metrics.registry)
@@ -191,46 +206,35 @@ async def test_a_gzip_scrape_is_one_gzip_member_holding_exactly_the_plain_body(t
     after the cached chunks changed."""
     refs = _estate(tracker, HOSTILE)
     metrics = _metrics(tracker)
-    app = create_app(render=metrics.body, healthy=lambda: True, ready=lambda: True, jobs=tracker.api_jobs)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with aiohttp.ClientSession(auto_decompress=False) as http:
+    async with _serve(metrics, tracker) as port, aiohttp.ClientSession(auto_decompress=False) as http:
 
-            async def scrape(encoding: str, accept: str = "") -> tuple[bytes, CIMultiDictProxy[str]]:
-                headers = {"Accept-Encoding": encoding, "Accept": accept}
-                async with http.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
-                    assert resp.status == 200
-                    return await resp.read(), resp.headers
+        async def scrape(encoding: str, accept: str = "") -> tuple[bytes, CIMultiDictProxy[str]]:
+            headers = {"Accept-Encoding": encoding, "Accept": accept}
+            async with http.get(f"http://127.0.0.1:{port}/metrics", headers=headers) as resp:
+                assert resp.status == 200
+                return await resp.read(), resp.headers
 
-            for round_ in range(3):
-                plain, headers = await scrape("identity")
-                assert "Content-Encoding" not in headers
-                packed, headers = await scrape("gzip")
-                assert headers["Content-Encoding"] == "gzip"
-                assert headers["Vary"] == "Accept-Encoding"
-                assert int(headers["Content-Length"]) == len(packed)
-                strict = zlib.decompressobj(wbits=31)  # one member; verifies CRC-32 and ISIZE
-                assert strict.decompress(packed) + strict.flush() == plain
-                assert strict.eof
-                assert strict.unused_data == b""
-                assert gzip.decompress(packed) == plain
-                om_plain, _ = await scrape("identity", "application/openmetrics-text; version=1.0.0")
-                om_packed, _ = await scrape(
-                    "deflate, gzip;q=0.5", "application/openmetrics-text; version=1.0.0"
-                )
-                assert gzip.decompress(om_packed) == om_plain
-                assert om_plain.endswith(b"# EOF\n")
-                now = tracker.clock() + round_
-                tracker.observe(refs[round_], _job(refs[round_], f"more-{round_}", "Failed", now - 5, now))
-            refused, headers = await scrape("gzip;q=0, identity")
+        for round_ in range(3):
+            plain, headers = await scrape("identity")
             assert "Content-Encoding" not in headers
-            assert refused.startswith(b"# HELP")
-    finally:
-        await runner.cleanup()
+            packed, headers = await scrape("gzip")
+            assert headers["Content-Encoding"] == "gzip"
+            assert headers["Vary"] == "Accept-Encoding"
+            assert int(headers["Content-Length"]) == len(packed)
+            strict = zlib.decompressobj(wbits=31)  # one member; verifies CRC-32 and ISIZE
+            assert strict.decompress(packed) + strict.flush() == plain
+            assert strict.eof
+            assert strict.unused_data == b""
+            assert gzip.decompress(packed) == plain
+            om_plain, _ = await scrape("identity", "application/openmetrics-text; version=1.0.0")
+            om_packed, _ = await scrape("deflate, gzip;q=0.5", "application/openmetrics-text; version=1.0.0")
+            assert gzip.decompress(om_packed) == om_plain
+            assert om_plain.endswith(b"# EOF\n")
+            now = tracker.clock() + round_
+            tracker.observe(refs[round_], _job(refs[round_], f"more-{round_}", "Failed", now - 5, now))
+        refused, headers = await scrape("gzip;q=0, identity")
+        assert "Content-Encoding" not in headers
+        assert refused.startswith(b"# HELP")
 
 
 def test_accept_encoding_is_read_as_http_says() -> None:
@@ -260,13 +264,7 @@ async def test_a_plain_scrape_written_in_many_groups_is_the_whole_body(
     monkeypatch.setattr("watcher.web.WRITE_BYTES", 2048)
     _estate(tracker, tuple(f"vault {n}" for n in range(40)))
     metrics = _metrics(tracker)
-    app = create_app(render=metrics.body, healthy=lambda: True, ready=lambda: True, jobs=tracker.api_jobs)
-    runner = aiohttp.web.AppRunner(app)
-    await runner.setup()
-    site = aiohttp.web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with _serve(metrics, tracker) as port:
         async with (
             aiohttp.ClientSession() as http,
             http.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "identity"}) as resp,
@@ -276,5 +274,3 @@ async def test_a_plain_scrape_written_in_many_groups_is_the_whole_body(
         expected = metrics.render(False)
         assert len(expected) > 20 * 2048
         assert body == expected
-    finally:
-        await runner.cleanup()

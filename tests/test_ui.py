@@ -10,7 +10,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, wait_for
+from tests.conftest import SUB, SUB2, FakeClock, make_config, running_watcher, vm_job, wait_for
 from watcher import ui
 from watcher.app import Watcher
 from watcher.azure.models import Job, VaultKind, VaultRef
@@ -381,19 +380,7 @@ def test_the_last_days_failures_in_memory_match_the_store_as_jobs_end(tmp_path: 
 
     def job(vault: VaultRef, job_id: str, status: str, ended_ago: float | None) -> Job:
         end = None if ended_ago is None else clock.now - ended_ago
-        return Job(
-            job_id=job_id,
-            vault=vault,
-            job_type="AzureIaaSVMJob",
-            operation="Backup",
-            operation_detail="",
-            status=status,
-            entity=f"vm-{job_id}",
-            backup_management_type="AzureIaasVM",
-            start_time=datetime.fromtimestamp(clock.now - 7 * 86400, UTC),
-            end_time=None if end is None else datetime.fromtimestamp(end, UTC),
-            duration_seconds=None,
-        )
+        return vm_job(vault, job_id, status, clock.now - 7 * 86400, end)
 
     store = Store.open(tmp_path / "s.sqlite3")
     try:
