@@ -70,7 +70,7 @@ def measure(name: str, unit: str, count: int) -> Step:
     return Step(name, unit, count, tracemalloc.get_traced_memory()[0], rss_mb())
 
 
-def parse_item(spec: ScaleSpec, v: int, ref: VaultRef) -> list[ProtectedItem]:
+def parsed_items(spec: ScaleSpec, v: int, ref: VaultRef) -> list[ProtectedItem]:
     """Vault `v`'s items as the inventory round parses them from the simulator's bodies."""
     kind, subscription, group, name = spec.vault(v)
     vault = SimVault(kind, subscription, group, name)
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> list[Step]:
         kind, subscription, group, name = spec.vault(v)
         refs.append(VaultRef(subscription, group, name, VaultKind(kind)))
     # Inputs are made before tracing starts, so the figures are the watcher's state alone.
-    items = [parse_item(spec, v, ref) for v, ref in enumerate(refs)]
+    items = [parsed_items(spec, v, ref) for v, ref in enumerate(refs)]
     final = FinalJobs()
     running: list[tuple[VaultRef, Job]] = []
     ended: list[tuple[VaultRef, Job]] = []

@@ -218,3 +218,27 @@ def test_interrupt_stops_the_simulator(env: dict[str, str]) -> None:
             if proc.poll() is None:
                 proc.kill()
     assert _refuses(url), "the simulator still listens after the benchmark was interrupted"
+
+
+def test_memory_by_dimension_prints_a_growth_for_each_step(env: dict[str, str]) -> None:
+    """`python -m bench.memory` at a tiny size prints every step with its heap and RSS, and a positive
+    heap growth per vault, per item and per running job."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--vaults=10", "--items=2", "--running=10", "--ended=40"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    per_unit = {
+        unit: float(value.replace(",", ""))
+        for value, unit in re.findall(r"; (-?[\d,]+) B per ([a-z ]+) \(heap\)", run.stdout)
+    }
+    assert set(per_unit) == {"vault", "item", "running job", "ended job"}
+    assert per_unit["vault"] > 0
+    assert per_unit["item"] > 0
+    assert per_unit["running job"] > 0
+    assert "/metrics rendered once" in run.stdout
